@@ -1,0 +1,48 @@
+"""The application factory: FastAPI behind the edge, served by granian."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI
+
+from gateway.api import handlers
+from gateway.api.edge import Edge
+from gateway.api.responses import OrjsonResponse
+from gateway.api.routes import health
+from gateway.core import logs
+from gateway.core.config import Settings, get_settings
+from gateway.core.runtime import Runtime
+
+
+def create_fastapi(settings: Settings) -> FastAPI:
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        runtime = Runtime.from_settings(settings)
+        app.state.runtime = runtime
+        try:
+            yield
+        finally:
+            await runtime.close()
+
+    app = FastAPI(title="Flashgate", version="1", default_response_class=OrjsonResponse,
+                  lifespan=lifespan, docs_url="/docs", redoc_url=None)
+    app.state.settings = settings
+    handlers.install(app)
+    app.include_router(health.router)
+    return app
+
+
+def create_app(settings: Settings | None = None) -> Edge:
+    settings = settings or get_settings()
+    logs.configure(settings.log_level)
+    api = create_fastapi(settings)
+    edge = Edge(api, max_body=settings.max_body_bytes)
+    edge.fastapi = api  # type: ignore[attr-defined]
+    return edge
+
+
+def app_factory() -> Edge:
+    """Entry point for granian (`--factory gateway.api.app:app_factory`)."""
+    return create_app()

@@ -1,0 +1,66 @@
+"""Exception handlers: every error leaves in the common shape."""
+
+from __future__ import annotations
+
+import logging
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.responses import Response
+
+from gateway.core.errors import DomainError, error_body
+
+log = logging.getLogger("flashgate.api")
+
+_HTTP_CODES = {404: "not_found", 405: "method_not_allowed", 400: "bad_request", 401: "unauthorized",
+               403: "forbidden", 413: "body_too_large", 415: "unsupported_media_type"}
+
+
+def _json(status: int, body: bytes, headers: dict[str, str] | None = None) -> Response:
+    return Response(body, status_code=status, media_type="application/json", headers=headers)
+
+
+async def domain_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, DomainError)
+    return _json(exc.status, error_body(exc.code, exc.message, exc.details), exc.headers)
+
+
+async def validation_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, RequestValidationError)
+    errors = exc.errors()
+    if any(e.get("type") == "json_invalid" for e in errors):
+        return _json(400, error_body("malformed_json", "The request body is not valid JSON.",
+                                     {"errors": [{"loc": list(e.get("loc", ())), "msg": e.get("msg")}
+                                                 for e in errors]}))
+    fields = [{"loc": [str(p) for p in e.get("loc", ())], "msg": e.get("msg", ""), "type": e.get("type", "")}
+              for e in errors]
+    first = fields[0] if fields else {"loc": [], "msg": "invalid"}
+    where = ".".join(first["loc"][1:] if first["loc"][:1] in (["body"], ["query"], ["path"]) else first["loc"])
+    return _json(422, error_body("validation_error", f"Invalid request: {where or 'input'}: {first['msg']}.",
+                                 {"errors": fields}))
+
+
+async def http_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, StarletteHTTPException)
+    code = _HTTP_CODES.get(exc.status_code, "bad_request" if exc.status_code < 500 else "internal_error")
+    if exc.status_code == 404:
+        message = f"No such resource: {request.method} {request.url.path}."
+    elif exc.status_code == 405:
+        message = f"Method {request.method} is not allowed on {request.url.path}."
+    else:
+        message = str(exc.detail) if exc.detail else "Request refused."
+    return _json(exc.status_code, error_body(code, message), dict(exc.headers or {}))
+
+
+async def unhandled(request: Request, exc: Exception) -> Response:
+    log.exception("unhandled error", exc_info=exc)
+    return _json(500, error_body("internal_error", "Something went wrong on our side; the request id "
+                                 "identifies it in our logs."))
+
+
+def install(app: FastAPI) -> None:
+    app.add_exception_handler(DomainError, domain_error)
+    app.add_exception_handler(RequestValidationError, validation_error)
+    app.add_exception_handler(StarletteHTTPException, http_error)
+    app.add_exception_handler(Exception, unhandled)

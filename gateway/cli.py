@@ -1,0 +1,177 @@
+"""The `flashgate` command."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import sys
+from pathlib import Path
+
+from gateway.core.config import PROJECT_ROOT, Settings
+
+
+def _settings() -> Settings:
+    return Settings()
+
+
+def _stack_file(settings: Settings) -> Path:
+    return settings.data_dir / "stack.json"
+
+
+def _resolve_urls(settings: Settings) -> Settings:
+    """Fill REDIS_URL / DATABASE_URL from a running `flashgate up` when they are not set."""
+    if settings.redis_url and settings.database_url:
+        return settings
+    path = _stack_file(settings)
+    if path.exists():
+        info = json.loads(path.read_text())
+        return settings.model_copy(update={"redis_url": settings.redis_url or info["redis_url"],
+                                           "database_url": settings.database_url or info["database_url"]})
+    missing = [n for n, v in (("REDIS_URL", settings.redis_url), ("DATABASE_URL", settings.database_url)) if not v]
+    sys.exit(f"flashgate: {' and '.join(missing)} not set and no running stack found ({path}); "
+             "start one with `flashgate up` or set the variables")
+
+
+def cmd_up(args: argparse.Namespace) -> int:
+    from gateway.stack.supervisor import run_up
+
+    return run_up(_settings(), port=args.port, workers=args.workers, demo=args.demo)
+
+
+def cmd_migrate(args: argparse.Namespace) -> int:
+    from gateway.db.migrate import ensure_database, migrate
+
+    settings = _resolve_urls(_settings())
+    assert settings.database_url
+    asyncio.run(ensure_database(settings.database_url))
+    applied = asyncio.run(migrate(settings.database_url))
+    print(f"applied {len(applied)} migration(s): {', '.join(f'{m.version:04d}_{m.name}' for m in applied) or '-'}")
+    return 0
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    from granian import Granian
+
+    settings = _resolve_urls(_settings())
+    os.environ["REDIS_URL"] = settings.redis_url or ""
+    os.environ["DATABASE_URL"] = settings.database_url or ""
+    server = Granian("gateway.api.app:app_factory", factory=True, interface="asgi", address=args.host,
+                     port=args.port, workers=args.workers, loop="uvloop", log_access=False,
+                     backlog=4096, working_dir=PROJECT_ROOT, respawn_failed_workers=True)
+    server.serve()
+    return 0
+
+
+def cmd_worker(args: argparse.Namespace) -> int:
+    import signal
+
+    from gateway.core import logs
+    from gateway.core.runtime import Runtime
+    from gateway.workers import WORKERS, load
+
+    if args.name not in WORKERS:
+        print(f"flashgate: unknown worker {args.name!r}; known: {', '.join(sorted(WORKERS)) or 'none'}",
+              file=sys.stderr)
+        return 2
+    settings = _resolve_urls(_settings())
+    logs.configure(settings.log_level)
+
+    async def main() -> None:
+        runtime = Runtime.from_settings(settings)
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stop.set)
+        try:
+            await load(args.name)(runtime, stop)
+        finally:
+            await runtime.close()
+
+    asyncio.run(main())
+    return 0
+
+
+def cmd_org_create(args: argparse.Namespace) -> int:
+    import asyncpg
+
+    from gateway.services.orgs import create_organisation
+
+    settings = _resolve_urls(_settings())
+
+    async def main():
+        conn = await asyncpg.connect(settings.database_url)
+        try:
+            return await create_organisation(conn, name=args.name)
+        finally:
+            await conn.close()
+
+    org = asyncio.run(main())
+    if args.json:
+        print(json.dumps({"organisation_id": org.id, "name": org.name, "api_key": org.api_key}))
+    else:
+        print(f"organisation {org.id} ({org.name}) created\nAPI key (shown once): {org.api_key}")
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from gateway.services.demo import create_demo
+
+    settings = _resolve_urls(_settings())
+    result = asyncio.run(create_demo(settings, gateway_url=args.gateway_url))
+    if args.json:
+        print(json.dumps(result))
+    else:
+        for key, value in result.items():
+            print(f"{key}: {value}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="flashgate", description="Flash-sale ticketing and door scanning.")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser("up", help="start the whole local platform (Redis, Postgres, gateway, workers)",
+                       description="Start Redis and Postgres (private, data under var/, unless REDIS_URL / "
+                       "DATABASE_URL are set), apply migrations, start the gateway and every background worker, "
+                       "write var/stack.json and print the URLs. Ctrl-C stops everything.")
+    p.add_argument("--port", type=int, default=8000, help="gateway port (default 8000)")
+    p.add_argument("--workers", type=int, default=2, help="granian worker processes (default 2)")
+    p.add_argument("--demo", action="store_true", help="create (or reuse) the demo organisation and event")
+    p.set_defaults(func=cmd_up)
+
+    p = sub.add_parser("migrate", help="apply pending SQL migrations (safe to run twice or concurrently)")
+    p.set_defaults(func=cmd_migrate)
+
+    p = sub.add_parser("serve", help="run the gateway with granian")
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--port", type=int, default=8000)
+    p.add_argument("--workers", type=int, default=2)
+    p.set_defaults(func=cmd_serve)
+
+    p = sub.add_parser("worker", help="run one background worker")
+    p.add_argument("name", help="worker name")
+    p.set_defaults(func=cmd_worker)
+
+    org = sub.add_parser("org", help="organisations").add_subparsers(dest="org_command", required=True,
+                                                                      metavar="ACTION")
+    p = org.add_parser("create", help="create an organisation and print its API key (shown once)")
+    p.add_argument("name")
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.set_defaults(func=cmd_org_create)
+
+    p = sub.add_parser("demo", help="create (or reuse) a demo organisation and event")
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.add_argument("--gateway-url", default=None, help="base URL used in the printed links")
+    p.set_defaults(func=cmd_demo)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    return args.func(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

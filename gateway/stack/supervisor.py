@@ -1,0 +1,193 @@
+"""`flashgate up`: the whole local platform in one foreground process.
+
+Starts (unless REDIS_URL / DATABASE_URL point at running servers) a private
+Redis and Postgres with data under `var/`, applies migrations, then the gateway
+(granian, N workers) and every background worker as child processes; writes
+`var/stack.json`; prints the URLs. Ctrl-C (or SIGTERM) stops everything in
+reverse order. A second run reuses the data.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import httpx
+
+from gateway.core.config import Settings
+from gateway.db.migrate import ensure_database, migrate
+from gateway.stack.embedded import MissingBinary, PostgresServer, RedisServer, ServerFailed, port_open, spawn, stop_process
+from gateway.workers import WORKERS
+
+
+@dataclass
+class Stack:
+    settings: Settings
+    port: int
+    workers: int
+    demo: bool = False
+    redis: RedisServer | None = None
+    postgres: PostgresServer | None = None
+    children: list[tuple[str, subprocess.Popen]] = field(default_factory=list)
+    redis_url: str = ""
+    database_url: str = ""
+
+    @property
+    def var(self) -> Path:
+        return self.settings.data_dir
+
+    @property
+    def gateway_url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def say(self, line: str) -> None:
+        print(f"flashgate: {line}", flush=True)
+
+    def start(self) -> None:
+        self.var.mkdir(parents=True, exist_ok=True)
+        (self.var / "log").mkdir(exist_ok=True)
+        if port_open(self.port):
+            raise ServerFailed(f"port {self.port} is already in use; pass --port to choose another "
+                               "(or stop the other stack)")
+        if self.settings.redis_url:
+            self.redis_url = self.settings.redis_url
+            self.say(f"using Redis at {self.redis_url}")
+        else:
+            self.redis = RedisServer(self.var / "redis", persistent=True).start()
+            self.redis_url = self.redis.url
+            self.say(f"started redis-server on {self.redis_url} (data: {self.redis.data_dir})")
+        if self.settings.database_url:
+            self.database_url = self.settings.database_url
+            self.say("using Postgres at " + _redact(self.database_url))
+        else:
+            self.postgres = PostgresServer(self.var / "postgres").start()
+            self.database_url = self.postgres.url("flashgate")
+            self.say(f"started postgres on {self.database_url} (data: {self.postgres.pgdata})")
+        asyncio.run(ensure_database(self.database_url))
+        applied = asyncio.run(migrate(self.database_url))
+        self.say(f"migrations applied: {[m.version for m in applied] or 'none pending'}")
+
+        env = {**os.environ, "REDIS_URL": self.redis_url, "DATABASE_URL": self.database_url,
+               "FLASHGATE_DATA_DIR": str(self.var)}
+        for name, extra in self._services():
+            proc = spawn([sys.executable, "-m", "gateway.cli", *extra], log=self.var / "log" / f"{name}.log",
+                         env=env)
+            self.children.append((name, proc))
+        self._wait_ready()
+        demo = self._demo(env) if self.demo else None
+        info = {"gateway_url": self.gateway_url, "redis_url": self.redis_url, "database_url": self.database_url,
+                "pid": os.getpid(), "started_at": time.time(),
+                "children": {name: proc.pid for name, proc in self.children}}
+        if demo:
+            info["demo"] = demo
+        (self.var / "stack.json").write_text(json.dumps(info, indent=2))
+        self._print_urls(demo)
+
+    def _services(self) -> list[tuple[str, list[str]]]:
+        services = [("gateway", ["serve", "--port", str(self.port), "--workers", str(self.workers)])]
+        services += [(f"worker-{name}", ["worker", name]) for name in WORKERS]
+        return services
+
+    def _wait_ready(self, timeout: float = 60.0) -> None:
+        deadline = time.monotonic() + timeout
+        last = ""
+        while time.monotonic() < deadline:
+            for name, proc in self.children:
+                if proc.poll() is not None:
+                    log = (self.var / "log" / f"{name}.log").read_text(errors="replace")[-3000:]
+                    raise ServerFailed(f"{name} exited with status {proc.returncode}:\n{log}")
+            try:
+                resp = httpx.get(self.gateway_url + "/readyz", timeout=2)
+                if resp.status_code == 200:
+                    return
+                last = resp.text
+            except httpx.HTTPError as exc:
+                last = str(exc)
+            time.sleep(0.2)
+        raise ServerFailed(f"the gateway was not ready within {timeout:.0f} s: {last}")
+
+    def _demo(self, env: dict[str, str]) -> dict | None:
+        out = subprocess.run([sys.executable, "-m", "gateway.cli", "demo", "--json"], env=env,
+                             capture_output=True, text=True)
+        if out.returncode != 0:
+            self.say(f"demo set-up failed: {out.stderr.strip()[-500:]}")
+            return None
+        return json.loads(out.stdout)
+
+    def _print_urls(self, demo: dict | None) -> None:
+        lines = ["", "Flashgate is running.", f"  gateway      {self.gateway_url}",
+                 f"  API docs     {self.gateway_url}/docs", f"  readiness    {self.gateway_url}/readyz",
+                 f"  metrics      {self.gateway_url}/metrics"]
+        for link in (demo or {}).get("links", []):
+            lines.append(f"  {link['name']:<12} {link['url']}")
+        if demo:
+            lines.append(f"  demo API key {demo['api_key']}")
+        lines += [f"  redis        {self.redis_url}", f"  postgres     {_redact(self.database_url)}",
+                  f"  logs         {self.var / 'log'}", "Press Ctrl-C to stop.", ""]
+        print("\n".join(lines), flush=True)
+
+    def watch(self) -> None:
+        while True:
+            for name, proc in self.children:
+                if proc.poll() is not None:
+                    self.say(f"{name} exited with status {proc.returncode}; stopping (see var/log/{name}.log)")
+                    return
+            time.sleep(0.2)
+
+    def stop(self) -> None:
+        for name, proc in reversed(self.children):
+            stop_process(proc, signal.SIGTERM, timeout=20)
+        self.children.clear()
+        if self.postgres:
+            self.postgres.stop()
+        if self.redis:
+            self.redis.stop()
+        try:
+            (self.var / "stack.json").unlink()
+        except FileNotFoundError:
+            pass
+        self.say("stopped")
+
+
+def _redact(url: str) -> str:
+    if "@" in url and ":" in url.split("@", 1)[0].split("//", 1)[-1]:
+        scheme, rest = url.split("//", 1)
+        creds, host = rest.split("@", 1)
+        return f"{scheme}//{creds.split(':', 1)[0]}:***@{host}"
+    return url
+
+
+class Interrupted(Exception):
+    pass
+
+
+def run_up(settings: Settings, *, port: int, workers: int, demo: bool) -> int:
+    stack = Stack(settings=settings, port=port, workers=workers, demo=demo)
+    stopping: list[bool] = []
+
+    def on_signal(signum: int, frame: object) -> None:
+        if not stopping:
+            stopping.append(True)
+            raise Interrupted()
+
+    signal.signal(signal.SIGINT, on_signal)
+    signal.signal(signal.SIGTERM, on_signal)
+    try:
+        stack.start()
+        stack.watch()
+        return 1
+    except Interrupted:
+        return 0
+    except (ServerFailed, MissingBinary) as exc:
+        print(f"flashgate: {exc}", file=sys.stderr, flush=True)
+        return 1
+    finally:
+        stopping.append(True)  # a second Ctrl-C no longer interrupts the clean stop
+        stack.stop()

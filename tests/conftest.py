@@ -1,0 +1,145 @@
+"""Session fixtures: a real Redis and a real Postgres for the whole suite.
+
+When REDIS_URL / DATABASE_URL are set, those servers are used; otherwise
+private servers are started from the binaries on PATH in a temporary
+directory, on free loopback ports. Either way the session gets its own
+Postgres database (created, migrated, dropped) and its own Redis key prefix
+(deleted at the end), so parallel runs and leftovers cannot interfere.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import secrets
+import shutil
+import tempfile
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+
+import asyncpg
+import httpx
+import pytest
+import redis
+
+from gateway.core.config import Settings
+from gateway.db.migrate import migrate
+from gateway.stack.embedded import MissingBinary, PostgresServer, RedisServer
+from tests.utils.servers import drop_database, delete_prefix
+
+IN_CI = bool(os.environ.get("CI"))
+
+
+def need(reason: str) -> None:
+    """Skip loudly on a laptop; fail in CI, where nothing may be skipped for a missing package."""
+    if IN_CI:
+        pytest.fail(f"CI must not skip: {reason}")
+    pytest.skip(reason)
+
+
+@pytest.fixture(scope="session")
+def anyio_backend() -> str:
+    return "asyncio"
+
+
+@pytest.fixture(scope="session")
+def tmp_root() -> Iterator[Path]:
+    path = Path(tempfile.mkdtemp(prefix="flashgate-test-"))
+    path.chmod(0o755)
+    yield path
+    shutil.rmtree(path, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def redis_server_url(tmp_root: Path) -> Iterator[str]:
+    url = os.environ.get("REDIS_URL")
+    if url:
+        yield url
+        return
+    try:
+        server = RedisServer(tmp_root / "redis").start()
+    except MissingBinary as exc:
+        pytest.exit(str(exc), returncode=3)
+    yield server.url
+    server.stop()
+
+
+@pytest.fixture(scope="session")
+def postgres_server_url(tmp_root: Path) -> Iterator[str]:
+    """A URL of the server's maintenance database (`.../postgres`)."""
+    url = os.environ.get("DATABASE_URL")
+    if url:
+        yield url.rsplit("/", 1)[0] + "/postgres"
+        return
+    try:
+        server = PostgresServer(tmp_root / "postgres", fast_unsafe=True).start()
+    except MissingBinary as exc:
+        pytest.exit(str(exc), returncode=3)
+    yield server.url()
+    server.stop()
+
+
+@pytest.fixture(scope="session")
+def run_id() -> str:
+    return secrets.token_hex(4)
+
+
+@pytest.fixture(scope="session")
+def database_url(postgres_server_url: str, run_id: str) -> Iterator[str]:
+    name = f"flashgate_test_{run_id}"
+
+    async def create() -> None:
+        conn = await asyncpg.connect(postgres_server_url)
+        try:
+            await conn.execute(f'CREATE DATABASE "{name}"')
+        finally:
+            await conn.close()
+
+    asyncio.run(create())
+    url = postgres_server_url.rsplit("/", 1)[0] + "/" + name
+    asyncio.run(migrate(url))
+    yield url
+    asyncio.run(drop_database(postgres_server_url, name))
+
+
+@pytest.fixture(scope="session")
+def redis_prefix(redis_server_url: str, run_id: str) -> Iterator[str]:
+    prefix = f"t{run_id}"
+    yield prefix
+    delete_prefix(redis_server_url, prefix)
+
+
+@pytest.fixture(scope="session")
+def settings(redis_server_url: str, database_url: str, redis_prefix: str, tmp_root: Path) -> Settings:
+    return Settings(environment="test", redis_url=redis_server_url, database_url=database_url,
+                    redis_prefix=redis_prefix, data_dir=tmp_root / "data", secret_key="test-" + "x" * 40)
+
+
+@pytest.fixture
+def redis_sync(redis_server_url: str) -> Iterator[redis.Redis]:
+    client = redis.Redis.from_url(redis_server_url)
+    yield client
+    client.close()
+
+
+@pytest.fixture
+async def pg(database_url: str) -> AsyncIterator[asyncpg.Connection]:
+    conn = await asyncpg.connect(database_url)
+    yield conn
+    await conn.close()
+
+
+@pytest.fixture
+async def app(settings: Settings):
+    from gateway.api.app import create_app
+
+    edge = create_app(settings)
+    async with edge.fastapi.router.lifespan_context(edge.fastapi):
+        yield edge
+
+
+@pytest.fixture
+async def client(app) -> AsyncIterator[httpx.AsyncClient]:
+    transport = httpx.ASGITransport(app=app, raise_app_exceptions=False)
+    async with httpx.AsyncClient(transport=transport, base_url="http://gateway.test") as c:
+        yield c

@@ -1,0 +1,50 @@
+"""The Lua suite runs against the session's Redis and against a real local Redis Cluster."""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+
+import pytest
+import redis.asyncio as aioredis
+from redis.asyncio.cluster import ClusterNode, RedisCluster
+
+from gateway.stack.embedded import MissingBinary, find_binary
+from gateway.store.scripts import Scripts
+from tests.conftest import need
+from tests.utils.cluster import LocalCluster
+
+_ids = itertools.count(1)
+
+
+@pytest.fixture(scope="session")
+def local_cluster(tmp_root: Path) -> Iterator[LocalCluster | None]:
+    try:
+        find_binary("redis-server")
+        find_binary("redis-cli")
+    except MissingBinary as exc:
+        yield None  # tests using it skip (or fail in CI) with the reason
+        return
+    cluster = LocalCluster(tmp_root / "cluster").start()
+    yield cluster
+    cluster.stop()
+
+
+@pytest.fixture(params=["single", "cluster"])
+async def scripts(request, redis_server_url: str, local_cluster) -> AsyncIterator[Scripts]:
+    if request.param == "single":
+        client = aioredis.Redis.from_url(redis_server_url)
+    else:
+        if local_cluster is None:
+            need("redis-server / redis-cli not installed: the Redis Cluster variant of the Lua suite cannot run "
+                 "(sudo apt-get install redis-server redis-tools)")
+        client = RedisCluster(startup_nodes=[ClusterNode(h, p) for h, p in local_cluster.startup_nodes])
+    s = Scripts(client)
+    yield s
+    await client.aclose()
+
+
+@pytest.fixture
+def event_id() -> int:
+    return next(_ids)

@@ -1,0 +1,34 @@
+"""Helpers to clean up what a test session created on shared servers."""
+
+from __future__ import annotations
+
+import asyncpg
+import redis
+
+
+def delete_prefix(url: str, prefix: str) -> None:
+    client = redis.Redis.from_url(url)
+    try:
+        batch = []
+        for key in client.scan_iter(match=f"{prefix}:*", count=1000):
+            batch.append(key)
+            if len(batch) >= 500:
+                client.unlink(*batch)
+                batch.clear()
+        if batch:
+            client.unlink(*batch)
+    except redis.RedisError:
+        pass
+    finally:
+        client.close()
+
+
+async def drop_database(admin_url: str, name: str) -> None:
+    try:
+        conn = await asyncpg.connect(admin_url)
+    except (OSError, asyncpg.PostgresError):
+        return
+    try:
+        await conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    finally:
+        await conn.close()
