@@ -10,6 +10,7 @@ Postgres database (created, migrated, dropped) and its own Redis key prefix
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 import secrets
 import shutil
@@ -28,6 +29,7 @@ from gateway.stack.embedded import MissingBinary, PostgresServer, RedisServer
 from tests.utils.servers import drop_database, delete_prefix
 
 IN_CI = bool(os.environ.get("CI"))
+logging.getLogger("httpx").setLevel(logging.WARNING)
 
 
 def need(reason: str) -> None:
@@ -143,3 +145,12 @@ async def client(app) -> AsyncIterator[httpx.AsyncClient]:
     transport = httpx.ASGITransport(app=app, raise_app_exceptions=False)
     async with httpx.AsyncClient(transport=transport, base_url="http://gateway.test") as c:
         yield c
+
+
+@pytest.fixture(scope="session")
+def live_gateway(settings: Settings, tmp_root: Path) -> Iterator[str]:
+    """A real gateway (granian, 2 workers) on a free port, for tests over real HTTP."""
+    from tests.utils.live import start_gateway
+
+    with start_gateway(settings, tmp_root) as url:
+        yield url

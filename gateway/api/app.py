@@ -10,10 +10,14 @@ from fastapi import FastAPI
 from gateway.api import handlers
 from gateway.api.edge import Edge
 from gateway.api.responses import OrjsonResponse
-from gateway.api.routes import health
+from gateway.api.fast import FastRoutes
+from gateway.api.routes import buyers, events, health
 from gateway.core import logs
 from gateway.core.config import Settings, get_settings
 from gateway.core.runtime import Runtime
+from gateway.services.snapshots import SnapshotManager
+from gateway.services.tokens import TokenSigner
+from gateway.store.scripts import Scripts
 
 
 def create_fastapi(settings: Settings) -> FastAPI:
@@ -21,9 +25,24 @@ def create_fastapi(settings: Settings) -> FastAPI:
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         runtime = Runtime.from_settings(settings)
         app.state.runtime = runtime
+        scripts = Scripts(runtime.redis)
+        runtime.extras["scripts"] = scripts
+        snapshots = SnapshotManager(redis=runtime.redis, scripts=scripts, prefix=settings.redis_prefix,
+                                    refresh_s=settings.snapshot_refresh_s,
+                                    stale_after_s=settings.snapshot_stale_after_s)
+        runtime.extras["snapshots"] = snapshots
+        signer = TokenSigner(settings.secret_bytes)
+        runtime.extras["signer"] = signer
+        snapshots.start()
+        edge = getattr(app.state, "edge", None)
+        if edge is not None:
+            edge.fast = FastRoutes(runtime, snapshots, signer)
         try:
             yield
         finally:
+            if edge is not None:
+                edge.fast = None
+            await snapshots.stop()
             await runtime.close()
 
     app = FastAPI(title="Flashgate", version="1", default_response_class=OrjsonResponse,
@@ -31,6 +50,8 @@ def create_fastapi(settings: Settings) -> FastAPI:
     app.state.settings = settings
     handlers.install(app)
     app.include_router(health.router)
+    app.include_router(events.router)
+    app.include_router(buyers.router)
     return app
 
 
@@ -39,6 +60,7 @@ def create_app(settings: Settings | None = None) -> Edge:
     logs.configure(settings.log_level)
     api = create_fastapi(settings)
     edge = Edge(api, max_body=settings.max_body_bytes)
+    api.state.edge = edge
     edge.fastapi = api  # type: ignore[attr-defined]
     return edge
 

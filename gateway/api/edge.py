@@ -55,6 +55,7 @@ class Edge:
     def __init__(self, app: ASGIApp, *, max_body: int) -> None:
         self.app = app
         self.max_body = max_body
+        self.fast: Any = None  # FastRoutes, set once the runtime exists (app lifespan)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -85,6 +86,11 @@ class Edge:
                 message["headers"] = [*message.get("headers", []), rid_header]
             await send(message)
 
+        async def send_tracked(message: dict[str, Any]) -> None:
+            nonlocal started
+            started = True
+            await send(message)
+
         try:
             if content_length is not None and (content_length < 0 or content_length > self.max_body):
                 raise DomainError("body_too_large", f"The request body is larger than {self.max_body} bytes.",
@@ -106,7 +112,13 @@ class Edge:
                         raise BodyTooLarge()
                 return message
 
-            await self.app(scope, limited_receive, send_with_id)
+            fast = self.fast
+            route = fast.match(scope["method"], scope["path"]) if fast is not None else None
+            if route is not None:
+                handler, arg = route
+                await handler(scope, limited_receive, send_tracked, request_id, arg)
+            else:
+                await self.app(scope, limited_receive, send_with_id)
         except DomainError as err:
             if not started:
                 await send_error(send, err, request_id)

@@ -15,7 +15,9 @@ from gateway.core.runtime import Runtime
 WorkerFn = Callable[[Runtime, asyncio.Event], Awaitable[None]]
 
 # name -> "module:function"; imported on demand so one worker's imports do not slow another.
-WORKERS: dict[str, str] = {}
+WORKERS: dict[str, str] = {
+    "expiry": "gateway.workers.expiry:run",
+}
 
 
 def load(name: str) -> WorkerFn:

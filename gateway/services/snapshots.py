@@ -1,0 +1,209 @@
+"""Per-worker availability snapshots (hotpath), refreshed from Redis.
+
+Each gateway worker keeps, per event it has served, an `AvailabilitySnapshot`
+(bitmaps, counts, version) plus GA counts. A refresh loop reads the change
+stream every `snapshot_refresh_s` (one pipelined XRANGE for all events: cheap
+when nothing changed) and applies the records in order; a gap (trimmed stream,
+missed records) triggers a full reload of the bitmaps. A snapshot is a read-only
+copy: a "sold" answer may reject fast; a "free" answer never grants anything.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import orjson
+
+import hotpath
+from gateway.core.errors import DomainError
+from gateway.services import inventory
+from gateway.services.layout import EventLayout
+from gateway.store.keys import event_key, event_keys
+from gateway.store.scripts import Scripts
+
+log = logging.getLogger("flashgate.snapshots")
+
+OPS_GA_HELD = {hotpath.OP_HOLD: 1, hotpath.OP_RELEASE: 1, hotpath.OP_EXPIRE: 1, hotpath.OP_SELL: -1}
+MAX_RECORDS = 5000
+
+
+@dataclass
+class EventView:
+    layout: EventLayout
+    snap: Any  # hotpath.AvailabilitySnapshot
+    ga: dict[str, dict[str, int]]
+    status: str
+    last_id: str
+    refreshed_at: float
+    meta: dict[str, str] = field(default_factory=dict)
+    _body: tuple[int, bool, bytes] | None = None
+
+    @property
+    def event_id(self) -> int:
+        return self.layout.event_id
+
+    def age(self) -> float:
+        return time.monotonic() - self.refreshed_at
+
+    def availability(self, *, with_seats: bool, stale: bool) -> bytes:
+        """The availability body for this version (rendered once per version)."""
+        version = self.snap.version
+        cached = self._body
+        if cached is not None and cached[0] == version and cached[1] == with_seats and not stale:
+            return cached[2]
+        counts = self.snap.section_counts()
+        body: dict[str, Any] = {
+            "event_id": self.event_id, "version": version, "status": self.status, "stale": stale,
+            "sections": [{"name": name, "free": c[0], "held": c[1], "sold": c[2]}
+                         for name, c in zip(self.layout.section_names, counts)],
+            "ga": [{"type": code, "name": t.name, "capacity": t.capacity,
+                    "available": max(0, t.capacity - self.ga.get(code, {}).get("held", 0)
+                                     - self.ga.get(code, {}).get("sold", 0)),
+                    "held": self.ga.get(code, {}).get("held", 0), "sold": self.ga.get(code, {}).get("sold", 0)}
+                   for code, t in self.layout.ga.items()],
+        }
+        if with_seats:
+            body["seat_states"] = "0 free, 1 held, 2 sold; one character per seat in seat_index order"
+            body["seats"] = self.snap.render_state().decode()
+        raw = orjson.dumps(body)
+        if not stale:
+            self._body = (version, with_seats, raw)
+        return raw
+
+
+class SnapshotManager:
+    def __init__(self, *, redis: Any, scripts: Scripts, prefix: str, refresh_s: float = 0.1,
+                 stale_after_s: float = 10.0) -> None:
+        self.redis = redis
+        self.scripts = scripts
+        self.prefix = prefix
+        self.refresh_s = refresh_s
+        self.stale_after_s = stale_after_s
+        self.views: dict[int, EventView] = {}
+        self._loading: dict[int, asyncio.Future] = {}
+        self._task: asyncio.Task | None = None
+        self.redis_ok = True
+
+    # -- access ---------------------------------------------------------------
+    def peek(self, event_id: int) -> EventView | None:
+        return self.views.get(event_id)
+
+    async def get(self, event_id: int) -> EventView:
+        view = self.views.get(event_id)
+        if view is not None:
+            return view
+        pending = self._loading.get(event_id)
+        if pending is None:
+            pending = asyncio.ensure_future(self._load(event_id))
+            self._loading[event_id] = pending
+            pending.add_done_callback(lambda _: self._loading.pop(event_id, None))
+        return await asyncio.shield(pending)
+
+    def max_age(self) -> float | None:
+        return max((v.age() for v in self.views.values()), default=None)
+
+    # -- loading ----------------------------------------------------------------
+    async def _load(self, event_id: int) -> EventView:
+        raw = await self.redis.get(event_key(self.prefix, event_id, "layout"))
+        if raw is None:
+            raise DomainError("event_not_found", "No such event on sale.", details={"event_id": event_id})
+        layout = EventLayout.from_json(raw)
+        view = EventView(layout=layout, snap=hotpath.AvailabilitySnapshot(layout.snapshot_rows()), ga={},
+                         status="", last_id="0-0", refreshed_at=time.monotonic())
+        await self._full(view)
+        self.views[event_id] = view
+        return view
+
+    async def _full(self, view: EventView) -> None:
+        data = await inventory.read_snapshot(scripts=self.scripts, prefix=self.prefix, event_id=view.event_id)
+        view.snap.load(data["sold"], data["held"], data["version"])
+        view.ga = data["ga"]
+        view.status = data["status"]
+        view.last_id = data["last_id"]
+        view.refreshed_at = time.monotonic()
+
+    async def refresh_event(self, event_id: int) -> None:
+        view = self.views.get(event_id)
+        if view is not None:
+            await self._full(view)
+
+    # -- refresh loop -------------------------------------------------------------
+    async def refresh_all(self) -> None:
+        views = list(self.views.values())
+        if not views:
+            return
+        pipe = self.redis.pipeline(transaction=False)
+        for view in views:
+            pipe.xrange(event_key(self.prefix, view.event_id, "changes"), min=f"({view.last_id}",
+                        count=MAX_RECORDS)
+            pipe.hget(event_key(self.prefix, view.event_id, "meta"), "status")
+        results = await pipe.execute()
+        now = time.monotonic()
+        for i, view in enumerate(views):
+            entries, status = results[2 * i], results[2 * i + 1]
+            view.status = status.decode() if status else "gone"
+            if entries and not self.apply(view, entries):
+                await self._full(view)
+            elif len(entries) >= MAX_RECORDS:
+                await self._full(view)  # far behind: one reload beats many batches
+            view.refreshed_at = now
+
+    def apply(self, view: EventView, entries: list[tuple[bytes, dict[bytes, bytes]]]) -> bool:
+        records = []
+        ga = view.ga
+        current = view.snap.version
+        for entry_id, fields in entries:
+            version = int(fields[b"v"])
+            op = int(fields[b"op"])
+            seats = fields.get(b"s", b"")
+            records.append((version, op, [int(x) for x in seats.split(b",")] if seats else []))
+            g = fields.get(b"g", b"")
+            if g and version > current:
+                for part in g.decode().split(","):
+                    code, _, delta = part.rpartition(":")
+                    counts = ga.setdefault(code, {"cap": 0, "held": 0, "sold": 0})
+                    n = int(delta)
+                    if op == hotpath.OP_SELL:
+                        counts["held"] -= n
+                        counts["sold"] += n
+                    elif op == hotpath.OP_VOID:
+                        counts["sold"] += n
+                    else:
+                        counts["held"] += n
+        ok = view.snap.apply_changes(records)
+        if ok:
+            view.last_id = entries[-1][0].decode() if isinstance(entries[-1][0], bytes) else entries[-1][0]
+        return ok
+
+    async def run(self) -> None:
+        while True:
+            try:
+                await self.refresh_all()
+                self.redis_ok = True
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                if self.redis_ok:
+                    log.warning("snapshot refresh failed; serving the last snapshot", extra={"error": repr(exc)})
+                self.redis_ok = False
+            await asyncio.sleep(self.refresh_s)
+
+    def start(self) -> None:
+        if self._task is None:
+            self._task = asyncio.get_running_loop().create_task(self.run())
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            try:
+                await self._task
+            except asyncio.CancelledError:
+                pass
+            self._task = None
+
+
+__all__ = ["SnapshotManager", "EventView", "event_keys"]
