@@ -169,8 +169,15 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from pydantic import ValidationError
+
     args = build_parser().parse_args(argv)
-    return args.func(args)
+    try:
+        return args.func(args)
+    except ValidationError as exc:  # settings refused (e.g. a missing production secret)
+        messages = "; ".join(e["msg"].removeprefix("Value error, ") for e in exc.errors())
+        print(f"flashgate: configuration refused: {messages}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

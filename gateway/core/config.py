@@ -22,7 +22,7 @@ PROJECT_ROOT = Path(__file__).resolve().parents[2]
 SECRET_FIELDS = ("secret_key",)
 
 
-class SettingsError(RuntimeError):
+class SettingsError(ValueError):
     pass
 
 
