@@ -18,6 +18,7 @@ from gateway.core.runtime import Runtime
 from gateway.services.snapshots import SnapshotManager
 from gateway.services.tokens import TokenSigner
 from gateway.store.scripts import Scripts
+from gateway.store.wire import WireConnection
 
 
 def create_fastapi(settings: Settings) -> FastAPI:
@@ -25,7 +26,8 @@ def create_fastapi(settings: Settings) -> FastAPI:
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         runtime = Runtime.from_settings(settings)
         app.state.runtime = runtime
-        scripts = Scripts(runtime.redis)
+        wire = WireConnection(settings.redis_url) if settings.redis_url else None
+        scripts = Scripts(runtime.redis, wire=wire)
         runtime.extras["scripts"] = scripts
         snapshots = SnapshotManager(redis=runtime.redis, scripts=scripts, prefix=settings.redis_prefix,
                                     refresh_s=settings.snapshot_refresh_s,
@@ -43,6 +45,8 @@ def create_fastapi(settings: Settings) -> FastAPI:
             if edge is not None:
                 edge.fast = None
             await snapshots.stop()
+            if wire is not None:
+                await wire.close()
             await runtime.close()
 
     app = FastAPI(title="Flashgate", version="1", default_response_class=OrjsonResponse,

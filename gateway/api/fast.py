@@ -9,7 +9,7 @@ and answer in the same error shape.
 from __future__ import annotations
 
 import os
-from datetime import UTC, datetime
+import time
 from typing import Any
 
 import orjson
@@ -26,7 +26,7 @@ BEST_CANDIDATES = 4
 
 
 def _iso(ms: int) -> str:
-    return datetime.fromtimestamp(ms / 1000, UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(ms // 1000)) + ".%03dZ" % (ms % 1000)
 
 
 def _event_id(raw: str) -> int:

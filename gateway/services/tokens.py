@@ -33,7 +33,7 @@ class TokenSigner:
         self._key = hashlib.sha256(b"flashgate-tokens|" + secret).digest()
 
     def _mac(self, signed: bytes) -> bytes:
-        return hmac.new(self._key, signed, hashlib.sha256).digest()[:_MAC_BYTES]
+        return hmac.digest(self._key, signed, "sha256")[:_MAC_BYTES]
 
     def sign(self, kind: str, payload: dict[str, Any]) -> str:
         body = _b64(orjson.dumps(payload))

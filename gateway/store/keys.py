@@ -3,6 +3,8 @@ so every inventory script touches one Redis Cluster slot."""
 
 from __future__ import annotations
 
+import functools
+
 # The order is the KEYS order every inventory script expects (lua/lib/common.lua).
 EVENT_KEYS = ("meta", "sold", "held", "holds", "hdata", "seatown", "buyers", "changes", "ledger", "orders", "ga",
               "serial")
@@ -12,9 +14,14 @@ def event_tag(prefix: str, event_id: int) -> str:
     return f"{prefix}:{{ev:{event_id}}}"
 
 
-def event_keys(prefix: str, event_id: int) -> list[str]:
+@functools.lru_cache(maxsize=4096)
+def _event_keys(prefix: str, event_id: int) -> tuple[str, ...]:
     tag = event_tag(prefix, event_id)
-    return [f"{tag}:{name}" for name in EVENT_KEYS]
+    return tuple(f"{tag}:{name}" for name in EVENT_KEYS)
+
+
+def event_keys(prefix: str, event_id: int) -> list[str]:
+    return list(_event_keys(prefix, event_id))
 
 
 def event_key(prefix: str, event_id: int, name: str) -> str:

@@ -18,6 +18,7 @@ import orjson
 from redis.exceptions import NoScriptError, ResponseError
 
 from gateway.core.config import PROJECT_ROOT
+from gateway.store.wire import encode_head, encode_with
 
 LUA_DIR = PROJECT_ROOT / "lua"
 _INCLUDE = re.compile(r"^--!include (\w+)\s*$", re.MULTILINE)
@@ -63,8 +64,10 @@ def parse_reply(raw: Any) -> Reply:
 
 
 class Scripts:
-    def __init__(self, redis: Any, directory: Path = LUA_DIR) -> None:
+    def __init__(self, redis: Any, directory: Path = LUA_DIR, *, wire: Any = None) -> None:
         self.redis = redis
+        self.wire = wire  # a WireConnection for batched calls on a single Redis (see wire.py)
+        self._heads: dict[tuple[str, ...], tuple[bytes, int]] = {}
         self.scripts = {p.stem: Script(p.stem, load_source(p.stem, directory))
                         for p in sorted(directory.glob("*.lua"))}
         self._pending: list[tuple[Script, int, list[Any], asyncio.Future]] = []
@@ -90,6 +93,8 @@ class Scripts:
 
     def batched(self, name: str, keys: list[str], args: list[Any]) -> "asyncio.Future[Any]":
         """Queue a call for the pipeline sent at the end of this loop tick; returns the raw reply future."""
+        if self.wire is not None:
+            return asyncio.ensure_future(self._wire_call(self.scripts[name], keys, args))
         loop = asyncio.get_running_loop()
         fut = loop.create_future()
         self._pending.append((self.scripts[name], len(keys), [*keys, *args], fut))
@@ -99,7 +104,24 @@ class Scripts:
         return fut
 
     async def call_batched(self, name: str, keys: list[str], args: list[Any]) -> Reply:
+        if self.wire is not None:
+            return parse_reply(await self._wire_call(self.scripts[name], keys, args))
         return parse_reply(await self.batched(name, keys, args))
+
+    async def _wire_call(self, script: Script, keys: list[str], args: list[Any]) -> Any:
+        # The command head (EVALSHA sha numkeys keys...) is the same for every call on one event.
+        cache_key = (script.sha, *keys)
+        head = self._heads.get(cache_key)
+        if head is None:
+            if len(self._heads) > 10_000:
+                self._heads.clear()
+            head = self._heads[cache_key] = encode_head("EVALSHA", script.sha, len(keys), *keys)
+        command = encode_with(head, *args)
+        try:
+            return await self.wire.call(command)
+        except NoScriptError:
+            await self.redis.script_load(script.source)
+            return await self.wire.call(command)
 
     def _flush(self) -> None:
         self._flush_scheduled = False
