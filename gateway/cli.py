@@ -128,6 +128,28 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_audit(args: argparse.Namespace) -> int:
+    import asyncpg
+
+    from gateway.core.runtime import redis_client
+    from gateway.services.audit import audit_event, format_report
+
+    settings = _resolve_urls(_settings())
+
+    async def main():
+        redis = redis_client(settings.redis_url)
+        pool = await asyncpg.create_pool(settings.database_url, min_size=1, max_size=2)
+        try:
+            return await audit_event(redis=redis, pool=pool, prefix=settings.redis_prefix, event_id=args.event)
+        finally:
+            await pool.close()
+            await redis.aclose()
+
+    report = asyncio.run(main())
+    print(json.dumps(report.as_dict()) if args.json else format_report(report))
+    return 0 if report.ok else 1
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="flashgate", description="Flash-sale ticketing and door scanning.")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -160,6 +182,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("name")
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.set_defaults(func=cmd_org_create)
+
+    p = sub.add_parser("audit", help="check every invariant of an event across Redis and Postgres",
+                       description="Check every invariant of one event across Redis and Postgres and print a "
+                       "verdict; exit status 1 when anything is violated.")
+    p.add_argument("event", type=int, help="event id")
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.set_defaults(func=cmd_audit)
 
     p = sub.add_parser("demo", help="create (or reuse) a demo organisation and event")
     p.add_argument("--json", action="store_true", help="print one JSON object")

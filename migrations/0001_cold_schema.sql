@@ -166,7 +166,6 @@ CREATE TABLE tickets (
     seat_index      integer,
     ticket_type     text,
     status          text        NOT NULL DEFAULT 'valid',
-    code            text        NOT NULL,
     created_at      timestamptz NOT NULL DEFAULT now(),
     voided_at       timestamptz,
     CONSTRAINT pk_tickets PRIMARY KEY (id),
@@ -176,6 +175,8 @@ CREATE TABLE tickets (
     CONSTRAINT ck_tickets_status CHECK (status IN ('valid', 'void')),
     CONSTRAINT ck_tickets_kind CHECK ((seat_index IS NULL) <> (ticket_type IS NULL))
 );
+-- Ticket codes are not stored: an Ed25519 signature is deterministic, so a code is
+-- re-derived from the event's key and the serial whenever it is shown (docs/ticket-codes.md).
 -- A seat has at most one live ticket.
 CREATE UNIQUE INDEX uq_tickets_live_seat ON tickets (event_id, seat_index)
     WHERE status = 'valid' AND seat_index IS NOT NULL;

@@ -131,8 +131,30 @@ async def pg(database_url: str) -> AsyncIterator[asyncpg.Connection]:
     await conn.close()
 
 
+@pytest.fixture(scope="session")
+def payment_simulator(tmp_root: Path) -> Iterator[str]:
+    """The payment-provider simulator as a real HTTP server; the gateway finds it through the environment."""
+    from gateway.providers.simulator import start_simulator_process
+    from gateway.stack.embedded import stop_process
+
+    proc, url = start_simulator_process(log=tmp_root / "simulator.log")
+    os.environ["FLASHGATE_PAYMENTS_URL"] = url
+    os.environ.setdefault("FLASHGATE_PAYMENTS_BREAKER_RESET_S", "1")
+    yield url
+    stop_process(proc)
+
+
 @pytest.fixture
-async def app(settings: Settings):
+def sim(payment_simulator: str) -> Iterator[httpx.Client]:
+    """Control client of the simulator; its configuration is reset before and after each test."""
+    with httpx.Client(base_url=payment_simulator, timeout=5) as control:
+        control.post("/_reset").raise_for_status()
+        yield control
+        control.post("/_reset").raise_for_status()
+
+
+@pytest.fixture
+async def app(settings: Settings, payment_simulator: str):
     from gateway.api.app import create_app
 
     edge = create_app(settings)
@@ -148,7 +170,7 @@ async def client(app) -> AsyncIterator[httpx.AsyncClient]:
 
 
 @pytest.fixture(scope="session")
-def live_gateway(settings: Settings, tmp_root: Path) -> Iterator[str]:
+def live_gateway(settings: Settings, tmp_root: Path, payment_simulator: str) -> Iterator[str]:
     """A real gateway (granian, 2 workers) on a free port, for tests over real HTTP."""
     from tests.utils.live import start_gateway
 

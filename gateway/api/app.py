@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
+from functools import partial
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
@@ -11,13 +12,18 @@ from gateway.api import handlers
 from gateway.api.edge import Edge
 from gateway.api.responses import OrjsonResponse
 from gateway.api.fast import FastRoutes
-from gateway.api.routes import buyers, events, health
+from gateway.api.queue_routes import QueueRoutes
+from gateway.api.routes import buyers, events, health, orders, stats
 from gateway.core import logs
 from gateway.core.config import Settings, get_settings
 from gateway.core.runtime import Runtime
 from gateway.services.snapshots import SnapshotManager
 from gateway.services.tokens import TokenSigner
+from gateway.services.waiting_room import WaitingRoom
 from gateway.store.scripts import Scripts
+from gateway.providers.payments import build_payment_provider
+from gateway.services.checkout import Checkout
+from gateway.services.confirmations import send_confirmation
 from gateway.store.wire import WireConnection
 
 
@@ -36,15 +42,29 @@ def create_fastapi(settings: Settings) -> FastAPI:
         signer = TokenSigner(settings.secret_bytes)
         runtime.extras["signer"] = signer
         snapshots.start()
+        payments = build_payment_provider(runtime)
+        runtime.extras["payments"] = payments
+        checkout = Checkout(redis=runtime.redis, scripts=scripts, snapshots=snapshots, provider=payments,
+                            signer=signer, prefix=settings.redis_prefix, notify=partial(send_confirmation, runtime))
+        runtime.extras["checkout"] = checkout
         edge = getattr(app.state, "edge", None)
         if edge is not None:
             edge.fast = FastRoutes(runtime, snapshots, signer)
+            edge.fast.checkout_service = checkout
+        room = WaitingRoom(runtime, signer, scripts)
+        runtime.extras["waiting_room"] = room
+        room.start()
+        if edge is not None:
+            edge.fast.queue = QueueRoutes(room)
+            edge.fast.buyer_of = room.buyer_of
         try:
             yield
         finally:
             if edge is not None:
                 edge.fast = None
             await snapshots.stop()
+            await room.stop()
+            await payments.aclose()
             if wire is not None:
                 await wire.close()
             await runtime.close()
@@ -56,6 +76,8 @@ def create_fastapi(settings: Settings) -> FastAPI:
     app.include_router(health.router)
     app.include_router(events.router)
     app.include_router(buyers.router)
+    app.include_router(orders.router)
+    app.include_router(stats.router)
     return app
 
 

@@ -65,7 +65,9 @@ class FastRoutes:
         self.prefix = runtime.settings.redis_prefix
         self.max_seats = runtime.settings.max_seats_per_hold
         self.stale_after = runtime.settings.snapshot_stale_after_s
+        self.checkout_service: Any = None  # gateway.services.checkout.Checkout, set in the app lifespan
         self.buyer_of = None  # set by the waiting room: (scope, event_id) -> buyer id
+        self.queue: Any = None  # gateway.api.queue_routes.QueueRoutes, set by the waiting room
 
     def match(self, method: str, path: str) -> Any:
         parts = path.split("/")
@@ -75,8 +77,12 @@ class FastRoutes:
                 return self.availability, parts[3]
             if parts[4] == "holds" and method == "POST":
                 return self.create_hold, parts[3]
+            if parts[4] == "queue" and self.queue is not None:
+                return self.queue.match(method, parts[3])
         elif n == 4 and parts[1] == "v1" and parts[2] == "holds" and method == "DELETE":
             return self.release_hold, parts[3]
+        elif n == 5 and parts[1] == "v1" and parts[2] == "holds" and parts[4] == "checkout" and method == "POST":
+            return self.checkout, parts[3]
         return None
 
     # -- buyer identity -----------------------------------------------------------
@@ -140,6 +146,30 @@ class FastRoutes:
                                        buyer=buyer)
         await send_json(send, 200, orjson.dumps({"hold_id": arg, "released": True, "version": data["version"]}),
                         rid)
+
+    async def checkout(self, scope: dict[str, Any], receive: Receive, send: Send, rid: str, arg: str) -> None:
+        event_raw, _, _ = arg.partition("-")
+        if not event_raw.isdigit():
+            raise DomainError("hold_not_found", "No such hold.", details={"hold_id": arg})
+        event_id = int(event_raw)
+        buyer = self.buyer(scope, event_id)
+        key = None
+        for name, value in scope["headers"]:
+            if name == b"idempotency-key":
+                key = value.decode("latin-1").strip()
+        if not key:
+            raise invalid("Send an Idempotency-Key header (any unique string per checkout attempt, 8-200 "
+                          "characters); repeating it returns the same order.")
+        raw = await read_body(receive)
+        body = parse_json(raw) if raw.strip() else {}
+        if not isinstance(body, dict) or set(body) - {"email", "payment_method"}:
+            raise invalid("The body may contain `email` and `payment_method` only.")
+        email = body.get("email")
+        if email is not None and (not isinstance(email, str) or "@" not in email or len(email) > 254):
+            raise invalid("`email` must be an e-mail address.", email=email)
+        result = await self.checkout_service.checkout(event_id=event_id, hold_id=arg, buyer=buyer, key=key,
+                                                      body=body)
+        await send_json(send, 201, orjson.dumps(result), rid)
 
     # -- hold kinds ----------------------------------------------------------------------
     async def _hold_seats(self, view: EventView, event_id: int, hold_id: str, buyer: str, seats: Any

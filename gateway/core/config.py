@@ -61,6 +61,26 @@ class Settings(BaseSettings):
     default_per_buyer_limit: int = 8
     max_seats_per_hold: int = 50
 
+    # Waiting room (docs/waiting-room.md).
+    queue_token_ttl_s: int = 6 * 3600          # a queue token's lifetime
+    queue_admission_ttl_s: int = 900           # an admission lasts this long from the moment of admission
+    queue_stall_s: float = 60.0                # no poll for this long: the place is skipped (lost)
+    queue_cache_s: float = 0.25                # per-worker cache of the admitted-up-to counter
+    queue_seen_flush_s: float = 1.0            # how often a worker writes poll liveness to Redis (batched)
+    queue_poll_after_s: float = 5.0            # the poll interval suggested to clients
+    queue_tick_s: float = 0.1                  # the admission leader's tick
+    queue_lease_ms: int = 2000                 # leader lease; a dead leader is replaced after this
+    queue_max_active_holds: int = 5000         # backpressure: admission slows above 80 %, stops at 100 %
+    queue_max_checkout_ms: float = 3000.0      # backpressure on the checkout latency (EWMA)
+    queue_tickets_per_buyer: float = 2.0       # expected tickets per admitted buyer (inventory pause)
+    queue_decision_s: float = 60.0             # admitted buyers count as pending demand for about this long
+    queue_expiring_window_s: float = 60.0      # holds expiring within this window count as coming back
+    queue_poll_per_ip_per_s: float = 200.0     # in-process, per worker
+    queue_poll_per_token_per_s: float = 2.0    # in-process, per worker (burst 5x)
+    queue_join_per_ip_per_s: float = 10.0      # in-process, per worker (burst 5x)
+    queue_join_per_ip_per_min: int = 120       # Redis counter, per event
+    queue_join_per_buyer_per_min: int = 10     # Redis counter, per event
+
     @model_validator(mode="after")
     def _secrets(self) -> "Settings":
         if self.environment == "production":

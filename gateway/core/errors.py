@@ -19,6 +19,7 @@ STATUS = {
     "token_expired": 401,
     "forbidden": 403,
     "wrong_event": 403,
+    "admission_required": 403,
     "not_found": 404,
     "event_not_found": 404,
     "hold_not_found": 404,

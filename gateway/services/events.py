@@ -14,7 +14,7 @@ from gateway.core.errors import DomainError
 from gateway.services import inventory
 from gateway.services.event_spec import EventSpec
 from gateway.services.layout import EventLayout, GAType
-from gateway.store.keys import event_key, on_sale_set
+from gateway.store.keys import LEDGER_GROUP, event_key, ledger_set, on_sale_set
 from gateway.store.scripts import Scripts
 
 # Allowed status changes: action -> (from states, to state).
@@ -168,6 +168,11 @@ async def change_status(pool: asyncpg.Pool, *, redis: Any, scripts: Scripts, pre
                 hold_ttl_s=row["hold_ttl_s"], per_buyer_limit=row["per_buyer_limit"],
                 checkout_s=CHECKOUT_WINDOW_S, ga={c: t.capacity for c, t in layout.ga.items()})
             await redis.set(event_key(prefix, event_id, "layout"), layout.to_json())
+            # What checkout needs without Postgres: the event's name, owner and ticket-signing key.
+            await redis.hset(event_key(prefix, event_id, "info"), mapping={
+                "name": row["name"], "organisation_id": row["organisation_id"],
+                "signing_private": row["signing_private_key"], "signing_public": row["signing_public_key"]})
+            await ensure_ledger_group(redis, prefix, event_id)
             await redis.hset(event_key(prefix, event_id, "meta"), mapping={
                 "queue_mode": int(row["queue_mode"]), "admission_rate": row["admission_rate"],
                 "updated_at": time.time()})
@@ -177,6 +182,18 @@ async def change_status(pool: asyncpg.Pool, *, redis: Any, scripts: Scripts, pre
                 await redis.sadd(on_sale_set(prefix), event_id)
         await conn.execute("UPDATE events SET status = $2 WHERE id = $1", event_id, target)
     return await get_event(pool, organisation_id=organisation_id, event_id=event_id)
+
+
+async def ensure_ledger_group(redis: Any, prefix: str, event_id: int) -> None:
+    """The ledger consumer group exists before the first sale, so no entry is ever missed."""
+    from redis.exceptions import ResponseError
+
+    try:
+        await redis.xgroup_create(event_key(prefix, event_id, "ledger"), LEDGER_GROUP, id="0", mkstream=True)
+    except ResponseError as exc:
+        if "BUSYGROUP" not in str(exc):
+            raise
+    await redis.sadd(ledger_set(prefix), event_id)
 
 
 def action_past(action: str) -> str:

@@ -83,6 +83,12 @@ async def begin_checkout(*, scripts: Scripts, prefix: str, event_id: int, hold_i
                                         [hold_id, buyer, checkout_key]))
 
 
+async def abort_checkout(*, scripts: Scripts, prefix: str, event_id: int, hold_id: str, buyer: str,
+                         checkout_key: str) -> dict[str, Any]:
+    return raise_for(await scripts.call("abort_checkout", event_keys(prefix, event_id),
+                                        [hold_id, buyer, checkout_key]))
+
+
 async def confirm(*, scripts: Scripts, prefix: str, event_id: int, hold_id: str, buyer: str, order_id: str,
                   order: dict[str, Any]) -> dict[str, Any]:
     """Held to sold, appended to the ledger; the same order id again returns the same result."""

@@ -31,3 +31,11 @@ def event_key(prefix: str, event_id: int, name: str) -> str:
 def on_sale_set(prefix: str) -> str:
     """Ids of events that are open or paused (workers sweep and snapshot these)."""
     return f"{prefix}:events:active"
+
+
+LEDGER_GROUP = "ledger"
+
+
+def ledger_set(prefix: str) -> str:
+    """Ids of every event that ever sold (ledger workers drain these streams)."""
+    return f"{prefix}:events:ledger"

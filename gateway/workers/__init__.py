@@ -17,6 +17,9 @@ WorkerFn = Callable[[Runtime, asyncio.Event], Awaitable[None]]
 # name -> "module:function"; imported on demand so one worker's imports do not slow another.
 WORKERS: dict[str, str] = {
     "expiry": "gateway.workers.expiry:run",
+    "admission": "gateway.workers.admission:run",
+    "ledger": "gateway.workers.ledger:run",
+    "notify": "gateway.workers.notify_worker:run",
 }
 
 

@@ -82,8 +82,8 @@ async def _event(conn):
 @pytest.mark.anyio
 async def test_postgres_refuses_a_second_live_ticket_for_a_seat(pg):
     event_id = await _event(pg)
-    insert = """INSERT INTO tickets (id, order_id, event_id, serial, seat_index, code, status)
-                VALUES ($1, $2, $3, $4, 7, 'c', $5)"""
+    insert = """INSERT INTO tickets (id, order_id, event_id, serial, seat_index, status)
+                VALUES ($1, $2, $3, $4, 7, $5)"""
     await pg.execute(insert, uuid.uuid4(), await _order(pg, event_id), event_id, 1, "valid")
     with pytest.raises(asyncpg.UniqueViolationError, match="uq_tickets_live_seat"):
         await pg.execute(insert, uuid.uuid4(), await _order(pg, event_id), event_id, 2, "valid")
@@ -97,8 +97,8 @@ async def test_postgres_refuses_a_second_admitted_scan(pg):
     event_id = await _event(pg)
     order_id = await _order(pg, event_id)
     ticket = uuid.uuid4()
-    await pg.execute("""INSERT INTO tickets (id, order_id, event_id, serial, ticket_type, code)
-                        VALUES ($1, $2, $3, 1, 'floor', 'c')""", ticket, order_id, event_id)
+    await pg.execute("""INSERT INTO tickets (id, order_id, event_id, serial, ticket_type)
+                        VALUES ($1, $2, $3, 1, 'floor')""", ticket, order_id, event_id)
     device = uuid.uuid4()
     await pg.execute("INSERT INTO devices (id, event_id, gate, token_hash) VALUES ($1, $2, 'north', $3)",
                      device, event_id, secrets.token_bytes(32))

@@ -1,0 +1,192 @@
+"""Checkout: a hold becomes a paid order with tickets, exactly once per Idempotency-Key.
+
+Steps: begin_checkout (hold -> paying, expiry extended) -> authorize -> capture ->
+confirm (Lua: held -> sold + ledger entry) -> tickets. The order id is derived from
+(event, hold, buyer, key), and every provider call carries an idempotency key derived
+from the order id, so a retry, or a second process taking over a crashed attempt,
+repeats the same calls and gets the same answers. A payment taken for a hold that can
+no longer be confirmed is refunded at once and the refund is recorded in the ledger.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import logging
+import os
+import time
+from typing import Any
+
+import orjson
+from redis.exceptions import RedisError
+
+from gateway.core.errors import DomainError
+from gateway.providers.payments import PaymentDeclined, ProviderUnavailable
+from gateway.services import inventory
+from gateway.services.orders import event_info, order_id_for, order_total, public_ticket, ticket_rows
+from gateway.store.keys import event_key
+
+log = logging.getLogger("flashgate.checkout")
+
+LOCK_MS = 30_000
+WAIT_FOR_OTHER_S = 10.0
+FINAL_CODES = {"payment_declined", "hold_expired", "hold_not_found", "forbidden", "invalid_state"}
+
+
+def fingerprint(hold_id: str, body: dict[str, Any]) -> str:
+    return hashlib.sha256(orjson.dumps({"hold": hold_id, "body": body}, option=orjson.OPT_SORT_KEYS)).hexdigest()
+
+
+class Checkout:
+    """Per-process checkout service (holds the provider and small caches)."""
+
+    def __init__(self, *, redis: Any, scripts: Any, snapshots: Any, provider: Any, signer: Any, prefix: str,
+                 notify: Any = None) -> None:
+        self.redis = redis
+        self.scripts = scripts
+        self.snapshots = snapshots
+        self.provider = provider
+        self.signer = signer
+        self.prefix = prefix
+        self.notify = notify  # async (kind, payload, org_id) -> None, or None
+        self.infos: dict[int, Any] = {}
+
+    async def checkout(self, *, event_id: int, hold_id: str, buyer: str, key: str, body: dict[str, Any]
+                       ) -> dict[str, Any]:
+        if not 8 <= len(key) <= 200 or not key.isprintable():
+            raise DomainError("validation_error", "The Idempotency-Key header must be 8 to 200 printable characters.",
+                              status=422)
+        records = event_key(self.prefix, event_id, "checkouts")
+        field = f"{buyer}|{key}"
+        fp = fingerprint(hold_id, body)
+        order_id = order_id_for(event_id, hold_id, buyer, key)
+        lock = event_key(self.prefix, event_id, f"cklock:{hashlib.sha1(field.encode()).hexdigest()}")
+        deadline = time.monotonic() + WAIT_FOR_OTHER_S
+        while True:
+            raw = await self.redis.hget(records, field)
+            if raw is not None:
+                rec = orjson.loads(raw)
+                if rec["fp"] != fp:
+                    raise DomainError("idempotency_conflict", "This Idempotency-Key was used with another request.",
+                                      details={"idempotency_key": key}, status=422)
+                if rec["state"] == "done":
+                    return rec["result"]
+                if rec["state"] == "failed":
+                    err = rec["error"]
+                    raise DomainError(err["code"], err["message"], details=err["details"])
+            token = os.urandom(8).hex()
+            if await self.redis.set(lock, token, nx=True, px=LOCK_MS):
+                break
+            if time.monotonic() > deadline:  # the first attempt is still running
+                raise DomainError("busy", "This checkout is still being processed; retry with the same key.",
+                                  headers={"Retry-After": "1"})
+            await asyncio.sleep(0.05)
+        try:
+            if raw is None:
+                await self.redis.hset(records, field, orjson.dumps({"fp": fp, "state": "started",
+                                                                    "order_id": order_id}))
+            try:
+                result = await self._run(event_id=event_id, hold_id=hold_id, buyer=buyer, key=key, body=body,
+                                         order_id=order_id)
+            except DomainError as err:
+                if err.code in FINAL_CODES:
+                    await self.redis.hset(records, field, orjson.dumps({
+                        "fp": fp, "state": "failed", "order_id": order_id,
+                        "error": {"code": err.code, "message": err.message, "details": err.details}}))
+                raise
+            await self.redis.hset(records, field, orjson.dumps({"fp": fp, "state": "done", "order_id": order_id,
+                                                                "result": result}))
+            return result
+        finally:
+            try:
+                if await self.redis.get(lock) == token.encode():
+                    await self.redis.delete(lock)
+            except RedisError:
+                pass
+
+    async def _run(self, *, event_id: int, hold_id: str, buyer: str, key: str, body: dict[str, Any],
+                   order_id: str) -> dict[str, Any]:
+        view = await self.snapshots.get(event_id)
+        layout = view.layout
+        info = await event_info(self.redis, self.prefix, event_id, self.infos)
+        ctx = {"scripts": self.scripts, "prefix": self.prefix, "event_id": event_id}
+        # A crashed attempt may have confirmed already: then only the answer is missing.
+        done = await self.redis.hget(event_key(self.prefix, event_id, "orders"), order_id)
+        if done is not None:
+            return self._answer(event_id, order_id, orjson.loads(done), layout, info, body)
+        hold = await inventory.begin_checkout(**ctx, hold_id=hold_id, buyer=buyer, checkout_key=key)
+        amount = order_total(layout, hold.get("seats") or [], hold.get("ga") or {})
+        method = str(body.get("payment_method") or "card")
+        try:
+            auth = await self.provider.authorize(idempotency_key=f"{order_id}:authorize", amount_minor=amount,
+                                                 currency=layout.currency, reference=f"{order_id}:{method}")
+            payment = await self.provider.capture(idempotency_key=f"{order_id}:capture", payment_id=auth.payment_id,
+                                                  amount_minor=amount)
+        except PaymentDeclined as exc:
+            await self._abort(ctx, hold_id, buyer, key)
+            raise exc.to_domain() from None
+        except ProviderUnavailable as exc:
+            await self._abort(ctx, hold_id, buyer, key)
+            raise exc.to_domain() from None
+        order = {"payment_id": payment.payment_id, "provider": getattr(self.provider, "name", "simulator"),
+                 "amount_minor": amount, "currency": layout.currency, "email": body.get("email"),
+                 "idempotency_key": key, "organisation_id": info.organisation_id}
+        try:
+            confirmed = await self._confirm(ctx, hold_id, buyer, order_id, order)
+        except DomainError as err:
+            if err.code not in FINAL_CODES:
+                raise
+            await self._refund_orphan(event_id, order_id, hold_id, payment.payment_id, amount, layout.currency,
+                                      err.code)
+            raise DomainError("hold_expired" if err.code in ("hold_expired", "hold_not_found") else err.code,
+                              "Your hold ended before the payment completed; the payment was refunded.",
+                              details={"hold_id": hold_id, "refunded": True, "reason": err.code}) from None
+        result = self._answer(event_id, order_id, confirmed, layout, info, body)
+        if self.notify is not None and body.get("email"):
+            try:
+                await self.notify(event_id=event_id, info=info, result=result, email=body["email"])
+            except Exception as exc:  # a notification never fails a sale
+                log.warning("notification not queued", extra={"order_id": order_id, "error": repr(exc)})
+        return result
+
+    async def _confirm(self, ctx: dict[str, Any], hold_id: str, buyer: str, order_id: str,
+                       order: dict[str, Any]) -> dict[str, Any]:
+        delay = 0.05
+        for attempt in range(5):
+            try:
+                return await inventory.confirm(**ctx, hold_id=hold_id, buyer=buyer, order_id=order_id, order=order)
+            except RedisError:
+                if attempt == 4:
+                    # Paid but not yet confirmed: a retry with the same key resumes here.
+                    raise DomainError("unavailable", "The sale could not be recorded yet; retry with the same "
+                                      "Idempotency-Key.", headers={"Retry-After": "2"}) from None
+                await asyncio.sleep(delay)
+                delay *= 2
+        raise AssertionError("unreachable")
+
+    async def _abort(self, ctx: dict[str, Any], hold_id: str, buyer: str, key: str) -> None:
+        try:
+            await inventory.abort_checkout(**ctx, hold_id=hold_id, buyer=buyer, checkout_key=key)
+        except (DomainError, RedisError):
+            pass
+
+    async def _refund_orphan(self, event_id: int, order_id: str, hold_id: str, payment_id: str, amount: int,
+                             currency: str, reason: str) -> None:
+        refund = await self.provider.refund(idempotency_key=f"{order_id}:refund", payment_id=payment_id,
+                                            amount_minor=amount)
+        entry = {"order_id": order_id, "hold_id": hold_id, "payment_id": payment_id, "refund_id": refund.refund_id,
+                 "amount_minor": amount, "currency": currency, "reason": reason, "at_ms": int(time.time() * 1000)}
+        await self.redis.xadd(event_key(self.prefix, event_id, "ledger"), {"k": "orphan_refund",
+                                                                           "d": orjson.dumps(entry), "o": b"{}"})
+        log.info("payment refunded: hold could not be confirmed", extra=entry)
+
+    def _answer(self, event_id: int, order_id: str, confirmed: dict[str, Any], layout: Any, info: Any,
+                body: dict[str, Any]) -> dict[str, Any]:
+        rows = ticket_rows(event_id=event_id, order_id=order_id, confirmed=confirmed, private_key=info.private_key,
+                           layout=layout)
+        seats = confirmed.get("seats") or []
+        ga = confirmed.get("ga") or {}
+        return {"order_id": order_id, "event_id": event_id, "status": "paid",
+                "order_token": self.signer.sign("o", {"sub": order_id, "ev": event_id}),
+                "total_minor": order_total(layout, seats, ga), "currency": layout.currency,
+                "tickets": [public_ticket(r) for r in rows]}

@@ -1,0 +1,204 @@
+"""Checkout over the API with the payment simulator as a real HTTP server."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import pytest
+
+from gateway.services import ticketcodes
+from gateway.store.keys import event_key
+from gateway.workers.ledger import LedgerWorker
+from tests.utils.factories import auth, buyer, new_org, open_event, seat_spec
+
+pytestmark = pytest.mark.anyio
+
+
+@pytest.fixture
+async def event(client, database_url, sim):
+    _, key = await new_org(database_url)
+    ev = await open_event(client, key, seat_spec(ga={"floor": 20}, limit=8))
+    ev["api_key"] = key
+    return ev
+
+
+async def hold(client, event, headers, body=None):
+    resp = await client.post(f"/v1/events/{event['id']}/holds", json=body or {"seats": ["A-1-1", "A-1-2"]},
+                             headers=headers)
+    assert resp.status_code == 201, resp.text
+    return resp.json()
+
+
+async def checkout(client, hold_id, headers, key="key-00000001", body=None):
+    return await client.post(f"/v1/holds/{hold_id}/checkout", json=body or {"email": "fan@example.org"},
+                             headers={**headers, "Idempotency-Key": key})
+
+
+async def drain_ledger(app):
+    worker = LedgerWorker(app.fastapi.state.runtime, consumer="test")
+    while await worker.step():
+        pass
+
+
+async def test_checkout_issues_verifiable_tickets(client, event, app, redis_sync, settings, pg):
+    me = await buyer(client)
+    h = await hold(client, event, me, {"seats": ["A-1-1", "A-1-2"]})
+    resp = await checkout(client, h["hold_id"], me)
+    assert resp.status_code == 201, resp.text
+    order = resp.json()
+    assert order["status"] == "paid" and order["total_minor"] == 10000 and order["currency"] == "EUR"
+    assert [t["seat"] for t in order["tickets"]] == ["A-1-1", "A-1-2"]
+    public = redis_sync.hget(event_key(settings.redis_prefix, event["id"], "info"), "signing_public")
+    for t in order["tickets"]:
+        claims = ticketcodes.verify(t["code"], {1: public})
+        assert claims.event_id == event["id"] and claims.serial == t["serial"]
+    # The buyer reads the order with the order token, before and after the ledger wrote it.
+    url = f"/v1/orders/{order['order_id']}"
+    before = await client.get(url, headers=auth(order["order_token"]))
+    assert before.status_code == 200 and [t["code"] for t in before.json()["tickets"]] == \
+        [t["code"] for t in order["tickets"]]
+    await drain_ledger(app)
+    after = await client.get(url, headers=auth(order["order_token"]))
+    assert after.json()["status"] == "paid" and [t["code"] for t in after.json()["tickets"]] == \
+        [t["code"] for t in order["tickets"]]
+    assert await pg.fetchval("SELECT count(*) FROM tickets WHERE order_id = $1::uuid", order["order_id"]) == 2
+    page = await client.get(f"/orders/{order['order_id']}?token={order['order_token']}")
+    assert page.status_code == 200 and page.text.count("<svg") == 2
+    other = await client.get(url, headers=auth(order["order_token"][:-3] + "AAA"))
+    assert other.status_code == 401
+
+
+async def test_same_key_same_order_even_concurrently(client, event, sim):
+    me = await buyer(client)
+    h = await hold(client, event, me)
+    responses = await asyncio.gather(*(checkout(client, h["hold_id"], me, key="same-key-123") for _ in range(8)))
+    assert {r.status_code for r in responses} == {201}, [r.text for r in responses]
+    assert len({r.json()["order_id"] for r in responses}) == 1
+    stats = sim.get("/_stats").json()
+    assert stats.get("authorize", 0) == 1 and stats.get("capture", 0) == 1, stats
+    again = await checkout(client, h["hold_id"], me, key="same-key-123")
+    assert again.json()["order_id"] == responses[0].json()["order_id"]
+
+
+async def test_same_key_other_body_is_refused(client, event):
+    me = await buyer(client)
+    h = await hold(client, event, me)
+    assert (await checkout(client, h["hold_id"], me, key="k-conflict")).status_code == 201
+    resp = await checkout(client, h["hold_id"], me, key="k-conflict", body={"email": "other@example.org"})
+    assert resp.status_code == 422 and resp.json()["error"]["code"] == "idempotency_conflict"
+
+
+async def test_bad_checkout_requests(client, event):
+    me = await buyer(client)
+    h = await hold(client, event, me)
+    resp = await client.post(f"/v1/holds/{h['hold_id']}/checkout", json={}, headers=me)
+    assert resp.status_code == 422 and "Idempotency-Key" in resp.json()["error"]["message"]
+    resp = await checkout(client, h["hold_id"], me, body={"email": "not-an-address"})
+    assert resp.status_code == 422
+    resp = await checkout(client, h["hold_id"], me, body={"surprise": 1})
+    assert resp.status_code == 422
+    other = await buyer(client)
+    resp = await checkout(client, h["hold_id"], other)
+    assert resp.status_code == 403 and resp.json()["error"]["code"] == "forbidden"
+    resp = await checkout(client, f"{event['id']}-nope", me)
+    assert resp.status_code == 404 and resp.json()["error"]["code"] == "hold_not_found"
+
+
+async def test_decline_keeps_the_hold(client, event, sim):
+    me = await buyer(client)
+    h = await hold(client, event, me)
+    resp = await checkout(client, h["hold_id"], me, key="k-decline-1", body={"payment_method": "decline-card"})
+    assert resp.status_code == 402 and resp.json()["error"]["code"] == "payment_declined"
+    ok = await checkout(client, h["hold_id"], me, key="k-decline-2", body={"payment_method": "card"})
+    assert ok.status_code == 201, ok.text
+
+
+async def test_provider_down_answers_503_fast_and_keeps_holds_fast(client, event, sim):
+    me = await buyer(client)
+    h = await hold(client, event, me)
+    sim.put("/_config", json={"down": True}).raise_for_status()
+    started = time.monotonic()
+    codes = []
+    for i in range(8):
+        resp = await checkout(client, h["hold_id"], me, key=f"k-down-{i:04d}")
+        codes.append(resp.status_code)
+        assert resp.json()["error"]["code"] == "payments_unavailable"
+        assert int(resp.headers["retry-after"]) >= 1
+    assert set(codes) == {503}
+    assert time.monotonic() - started < 8 * 2.5, "each answer within the timeout budget"
+    calls_when_open = sim.get("/_stats").json()
+    t0 = time.monotonic()
+    resp = await checkout(client, h["hold_id"], me, key="k-down-open")
+    assert resp.status_code == 503 and time.monotonic() - t0 < 0.5, "an open breaker answers at once"
+    assert sim.get("/_stats").json() == calls_when_open, "an open breaker does not call the provider"
+    # Holds and availability are unaffected meanwhile.
+    t0 = time.monotonic()
+    other = await buyer(client)
+    await hold(client, event, other, {"seats": ["B-2-2"]})
+    assert (await client.get(f"/v1/events/{event['id']}/availability")).status_code == 200
+    assert time.monotonic() - t0 < 1.0
+    # Recovery: after the reset timeout the breaker lets a trial through and closes.
+    sim.put("/_config", json={"down": False}).raise_for_status()
+    await asyncio.sleep(1.2)
+    ok = await checkout(client, h["hold_id"], me, key="k-after-recovery")
+    assert ok.status_code == 201, ok.text
+
+
+async def test_slow_provider_does_not_slow_holds(client, event, sim):
+    sim.put("/_config", json={"latency_ms": 1500}).raise_for_status()
+    buyers = [await buyer(client) for _ in range(6)]
+    holds = [await hold(client, event, b, {"ga": {"floor": 1}}) for b in buyers]
+    slow = [asyncio.create_task(checkout(client, h["hold_id"], b, key=f"slow-key-{i:03d}"))
+            for i, (h, b) in enumerate(zip(holds, buyers))]
+    await asyncio.sleep(0.2)
+    t0 = time.monotonic()
+    quick = await buyer(client)
+    await hold(client, event, quick, {"seats": ["B-4-4"]})
+    assert time.monotonic() - t0 < 0.5, "holds stay fast while payments are slow"
+    results = await asyncio.gather(*slow)
+    assert all(r.status_code in (201, 503) for r in results)
+
+
+async def test_payment_for_an_expired_hold_is_refunded(client, event, sim, redis_sync, settings, app, pg):
+    meta = event_key(settings.redis_prefix, event["id"], "meta")
+    redis_sync.hset(meta, mapping={"hold_ttl_ms": 300, "checkout_ms": 300})
+    sim.put("/_config", json={"latency_ms": 250}).raise_for_status()
+    me = await buyer(client)
+    h = await hold(client, event, me, {"seats": ["B-5-9"]})
+    resp = await checkout(client, h["hold_id"], me, key="k-expired-1")
+    redis_sync.hset(meta, mapping={"hold_ttl_ms": 600000, "checkout_ms": 120000})
+    assert resp.status_code == 409, resp.text
+    err = resp.json()["error"]
+    assert err["code"] == "hold_expired" and err["details"]["refunded"] is True
+    stats = sim.get("/_stats").json()
+    assert stats.get("capture") == 1 and stats.get("refund") == 1, stats
+    await drain_ledger(app)
+    rows = await pg.fetch("SELECT kind FROM payments WHERE hold_id = $1 ORDER BY kind", h["hold_id"])
+    assert [r["kind"] for r in rows] == ["capture", "refund"]
+    assert await pg.fetchval("SELECT count(*) FROM orders WHERE hold_id = $1", h["hold_id"]) == 0
+
+
+async def test_refund_returns_seats_and_voids_tickets(client, event, app, pg):
+    me = await buyer(client)
+    h = await hold(client, event, me, {"seats": ["B-3-3"]})
+    order = (await checkout(client, h["hold_id"], me, key="k-refund-1")).json()
+    await drain_ledger(app)
+    key = event["api_key"]
+    resp = await client.post(f"/v1/orders/{order['order_id']}/refund", json={"reason": "cancelled"},
+                             headers=auth(key))
+    assert resp.status_code == 200, resp.text
+    assert resp.json()["status"] == "refunded" and resp.json()["returned_to_sale"] == 1
+    again = await client.post(f"/v1/orders/{order['order_id']}/refund", headers=auth(key))
+    assert again.status_code == 200 and again.json()["returned_to_sale"] == 1
+    await drain_ledger(app)
+    assert await pg.fetchval("SELECT status FROM orders WHERE id = $1::uuid", order["order_id"]) == "refunded"
+    assert await pg.fetchval("SELECT status FROM tickets WHERE order_id = $1::uuid", order["order_id"]) == "void"
+    await asyncio.sleep(0.3)  # the availability snapshot learns of the void within its refresh interval
+    other = await buyer(client)
+    await hold(client, event, other, {"seats": ["B-3-3"]})
+    _, stranger = await new_org(app.fastapi.state.runtime.settings.database_url)
+    resp = await client.post(f"/v1/orders/{order['order_id']}/refund", headers=auth(stranger))
+    assert resp.status_code == 404
+    listed = await client.get(f"/v1/events/{event['id']}/orders", headers=auth(key))
+    assert order["order_id"] in [o["order_id"] for o in listed.json()["orders"]]
