@@ -23,7 +23,8 @@ import httpx
 
 from gateway.core.config import Settings
 from gateway.db.migrate import ensure_database, migrate
-from gateway.stack.embedded import MissingBinary, PostgresServer, RedisServer, ServerFailed, port_open, spawn, stop_process
+from gateway.stack.embedded import (MissingBinary, PostgresServer, RedisServer, ServerFailed, free_port, port_open,
+                                     spawn, stop_process)
 from gateway.workers import WORKERS
 
 
@@ -38,6 +39,8 @@ class Stack:
     children: list[tuple[str, subprocess.Popen]] = field(default_factory=list)
     redis_url: str = ""
     database_url: str = ""
+    payments_url: str = ""
+    mail_dir: str = ""
 
     @property
     def var(self) -> Path:
@@ -76,19 +79,38 @@ class Stack:
 
         env = {**os.environ, "REDIS_URL": self.redis_url, "DATABASE_URL": self.database_url,
                "FLASHGATE_DATA_DIR": str(self.var)}
+        # Local stand-ins for the outside world: the payment-provider simulator and a mail sink.
+        if not os.environ.get("FLASHGATE_PAYMENTS_URL"):
+            sim_port = free_port()
+            self._child("payment-simulator", [sys.executable, "-m", "gateway.providers.simulator", "--port",
+                                              str(sim_port), "--host", "127.0.0.1"], env)
+            env["FLASHGATE_PAYMENTS_URL"] = self.payments_url = f"http://127.0.0.1:{sim_port}"
+            _wait_port(sim_port, "payment simulator")
+        if not os.environ.get("FLASHGATE_NOTIFY_SMTP_HOST"):
+            smtp_port = free_port()
+            (self.var / "mail").mkdir(exist_ok=True)
+            self._child("mail-sink", [sys.executable, "-m", "aiosmtpd", "-n", "-l", f"127.0.0.1:{smtp_port}",
+                                      "-c", "aiosmtpd.handlers.Mailbox", str(self.var / "mail")], env)
+            env["FLASHGATE_NOTIFY_SMTP_HOST"] = "127.0.0.1"
+            env["FLASHGATE_NOTIFY_SMTP_PORT"] = str(smtp_port)
+            self.mail_dir = str(self.var / "mail")
+            _wait_port(smtp_port, "mail sink")
         for name, extra in self._services():
-            proc = spawn([sys.executable, "-m", "gateway.cli", *extra], log=self.var / "log" / f"{name}.log",
-                         env=env)
-            self.children.append((name, proc))
+            self._child(name, [sys.executable, "-m", "gateway.cli", *extra], env)
         self._wait_ready()
-        demo = self._demo(env) if self.demo else None
+        demo = self._demo(env, self.gateway_url) if self.demo else None
         info = {"gateway_url": self.gateway_url, "redis_url": self.redis_url, "database_url": self.database_url,
+                "payments_url": self.payments_url, "mail_dir": self.mail_dir,
                 "pid": os.getpid(), "started_at": time.time(),
                 "children": {name: proc.pid for name, proc in self.children}}
         if demo:
             info["demo"] = demo
         (self.var / "stack.json").write_text(json.dumps(info, indent=2))
         self._print_urls(demo)
+
+    def _child(self, name: str, args: list[str], env: dict[str, str]) -> None:
+        proc = spawn(args, log=self.var / "log" / f"{name}.log", env=env)
+        self.children.append((name, proc))
 
     def _services(self) -> list[tuple[str, list[str]]]:
         services = [("gateway", ["serve", "--port", str(self.port), "--workers", str(self.workers)])]
@@ -113,8 +135,9 @@ class Stack:
             time.sleep(0.2)
         raise ServerFailed(f"the gateway was not ready within {timeout:.0f} s: {last}")
 
-    def _demo(self, env: dict[str, str]) -> dict | None:
-        out = subprocess.run([sys.executable, "-m", "gateway.cli", "demo", "--json"], env=env,
+    def _demo(self, env: dict[str, str], gateway_url: str) -> dict | None:
+        out = subprocess.run([sys.executable, "-m", "gateway.cli", "demo", "--json", "--gateway-url", gateway_url],
+                             env=env,
                              capture_output=True, text=True)
         if out.returncode != 0:
             self.say(f"demo set-up failed: {out.stderr.strip()[-500:]}")
@@ -129,6 +152,10 @@ class Stack:
             lines.append(f"  {link['name']:<12} {link['url']}")
         if demo:
             lines.append(f"  demo API key {demo['api_key']}")
+        if self.payments_url:
+            lines.append(f"  payments     {self.payments_url}  (simulator; PUT /_config to set latency/declines)")
+        if self.mail_dir:
+            lines.append(f"  mail         {self.mail_dir}  (e-mails land here)")
         lines += [f"  redis        {self.redis_url}", f"  postgres     {_redact(self.database_url)}",
                   f"  logs         {self.var / 'log'}", "Press Ctrl-C to stop.", ""]
         print("\n".join(lines), flush=True)
@@ -154,6 +181,14 @@ class Stack:
         except FileNotFoundError:
             pass
         self.say("stopped")
+
+
+def _wait_port(port: int, what: str, timeout: float = 20.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not port_open(port):
+        if time.monotonic() > deadline:
+            raise ServerFailed(f"the {what} did not listen on port {port} within {timeout:.0f} s")
+        time.sleep(0.05)
 
 
 def _redact(url: str) -> str:

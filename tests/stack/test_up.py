@@ -55,7 +55,7 @@ def test_up_serves_and_stops_cleanly(tmp_root):
         assert org["api_key"].startswith("fgk_") and org["name"] == "Smoke Org"
         events = httpx.get(info["gateway_url"] + "/v1/events", headers={"Authorization": f"Bearer {org['api_key']}"})
         assert events.status_code == 200 and events.json() == {"events": []}
-        assert "demo" in info
+        assert info["demo"]["event_id"] and info["payments_url"].startswith("http")
         pids = list(info["children"].values())
         redis_port = int(info["redis_url"].rsplit(":", 1)[1].split("/")[0])
         pg_port = int(info["database_url"].rsplit(":", 1)[1].split("/")[0])
