@@ -13,7 +13,7 @@ from gateway.api.edge import Edge
 from gateway.api.responses import OrjsonResponse
 from gateway.api.fast import FastRoutes
 from gateway.api.queue_routes import QueueRoutes
-from gateway.api.routes import buyers, events, health, orders, stats
+from gateway.api.routes import buyers, demo, events, health, orders, stats
 from gateway.core import logs
 from gateway.core.config import Settings, get_settings
 from gateway.core.runtime import Runtime
@@ -78,6 +78,7 @@ def create_fastapi(settings: Settings) -> FastAPI:
     app.include_router(buyers.router)
     app.include_router(orders.router)
     app.include_router(stats.router)
+    app.include_router(demo.router)
     return app
 
 

@@ -217,13 +217,42 @@ class LedgerWorker:
                                                                       "count": len(claimed[1])})
             for entries in batches:
                 entries = [e for e in entries if e[1]]  # skip ids whose entry was trimmed
-                if not entries:
-                    continue
-                await write_batch(pool, event_id, entries)
-                await self.redis.xack(stream, LEDGER_GROUP, *[e[0] for e in entries])
-                written += len(entries)
+                if entries:
+                    written += await self.process(pool, event_id, stream, entries)
         self.written += written
         return written
+
+
+    async def process(self, pool: asyncpg.Pool, event_id: int, stream: str,
+                      entries: list[tuple[bytes, dict[bytes, bytes]]]) -> int:
+        """Write and acknowledge a batch. An entry Postgres can never take (malformed) is moved to
+        the event's `ledger:dead` stream, so it cannot block the ones after it; an unreachable
+        Postgres raises, and everything stays pending for the next try."""
+        try:
+            await write_batch(pool, event_id, entries)
+        except TRANSIENT:
+            raise
+        except Exception:
+            for entry in entries:
+                try:
+                    await write_batch(pool, event_id, [entry])
+                except TRANSIENT:
+                    raise
+                except Exception as exc:
+                    log.error("ledger entry refused by Postgres; moved to the dead-letter stream",
+                              extra={"event_id": event_id, "entry": entry[0], "error": repr(exc)})
+                    await self.redis.xadd(event_key(self.prefix, event_id, "ledger:dead"),
+                                          {**entry[1], b"entry_id": entry[0], b"error": repr(exc)[:500]})
+                await self.redis.xack(stream, LEDGER_GROUP, entry[0])
+            return len(entries)
+        await self.redis.xack(stream, LEDGER_GROUP, *[e[0] for e in entries])
+        return len(entries)
+
+
+# Postgres (or the network) is away: retry later, never dead-letter for these.
+TRANSIENT = (OSError, asyncio.TimeoutError, asyncpg.PostgresConnectionError, asyncpg.InterfaceError,
+             asyncpg.CannotConnectNowError, asyncpg.TooManyConnectionsError, asyncpg.AdminShutdownError,
+             asyncpg.CrashShutdownError)
 
 
 async def run(runtime: Runtime, stop: asyncio.Event) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import uuid
 
 import pytest
 
@@ -144,7 +145,8 @@ async def test_sold_seat_is_refused_from_the_snapshot(client, event, app, redis_
     runtime = app.fastapi.state.runtime
     buyer_id = runtime.extras["signer"].verify(me["Authorization"].split()[1], "b")["sub"]
     await inventory.confirm(scripts=runtime.extras["scripts"], prefix=runtime.settings.redis_prefix,
-                            event_id=event["id"], hold_id=hold["hold_id"], buyer=buyer_id, order_id="o1", order={})
+                            event_id=event["id"], hold_id=hold["hold_id"], buyer=buyer_id,
+                            order_id=str(uuid.uuid4()), order={})
     await settle(client, event["id"], lambda b: b["sections"][0]["sold"] == 1)
     other = await buyer(client)
     calls = lambda: redis_sync.info("commandstats").get("cmdstat_evalsha", {}).get("calls", 0)  # noqa: E731

@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import random
 import time
+import uuid
 
 import httpx
 import pytest
@@ -72,7 +73,7 @@ async def test_concurrent_buyers_never_oversell(live_gateway, database_url, sett
                     try:
                         result = await inventory.confirm(scripts=scripts, prefix=settings.redis_prefix, event_id=eid,
                                                          hold_id=h["hold_id"], buyer=buyer_id,
-                                                         order_id=f"o-{h['hold_id']}", order={})
+                                                         order_id=str(uuid.uuid4()), order={})
                         confirmed.append({**h, "result": result})
                     except DomainError as exc:
                         outcomes["confirm_" + exc.code] = outcomes.get("confirm_" + exc.code, 0) + 1

@@ -131,3 +131,22 @@ async def test_a_killed_ledger_worker_loses_and_doubles_nothing(app, client, dat
     info = {g["name"]: g for g in await runtime.redis.xinfo_groups(stream)}
     group = info.get(LEDGER_GROUP.encode()) or info.get(LEDGER_GROUP)
     assert group["pending"] == 0
+
+
+async def test_a_malformed_entry_is_dead_lettered_and_blocks_nothing(app, client, database_url, settings):
+    from gateway.workers.ledger import LedgerWorker
+
+    _, key = await new_org(database_url)
+    event = (await client.post("/v1/events", json=seat_spec(ga={"floor": 50}), headers=auth(key))).json()
+    await client.post(f"/v1/events/{event['id']}/open", headers=auth(key))
+    runtime = app.fastapi.state.runtime
+    stream = event_key(settings.redis_prefix, event["id"], "ledger")
+    await runtime.redis.xadd(stream, {"k": "order", "d": b'{"order_id": "not-a-uuid"}', "o": b"{}"})
+    orders = await sell(client, event["id"], 3)
+    worker = LedgerWorker(runtime, consumer="dead-letter-test")
+    while await worker.step():
+        pass
+    dead = await runtime.redis.xrange(event_key(settings.redis_prefix, event["id"], "ledger:dead"))
+    assert len(dead) == 1 and b"not-a-uuid" in dead[0][1][b"d"]
+    pool = await runtime.pg()
+    assert await pool.fetchval("SELECT count(*) FROM orders WHERE event_id = $1", event["id"]) == len(orders)

@@ -32,7 +32,8 @@ def _alive(pid: int) -> bool:
 def test_up_serves_and_stops_cleanly(tmp_root):
     # Not pytest's tmp_path: its base directory is private to root, and Postgres runs as another user.
     tmp_path = tmp_root / "up-smoke"
-    env = {k: v for k, v in os.environ.items() if k not in ("REDIS_URL", "DATABASE_URL")}
+    env = {k: v for k, v in os.environ.items()
+           if k not in ("REDIS_URL", "DATABASE_URL") and not k.startswith("FLASHGATE_")}
     env["FLASHGATE_DATA_DIR"] = str(tmp_path / "var")
     port = free_port()
     proc = subprocess.Popen([sys.executable, "-m", "gateway.cli", "up", "--port", str(port), "--workers", "1",
