@@ -146,8 +146,7 @@ class Stack:
 
     def _print_urls(self, demo: dict | None) -> None:
         lines = ["", "Flashgate is running.", f"  gateway      {self.gateway_url}",
-                 f"  API docs     {self.gateway_url}/docs", f"  readiness    {self.gateway_url}/readyz",
-                 f"  metrics      {self.gateway_url}/metrics"]
+                 f"  API docs     {self.gateway_url}/docs", f"  readiness    {self.gateway_url}/readyz"]
         for link in (demo or {}).get("links", []):
             lines.append(f"  {link['name']:<12} {link['url']}")
         if demo:
