@@ -33,10 +33,6 @@ end
 local now = now_ms()
 sweep(now, 16)
 
-local have = tonumber(redis.call('HGET', K_BUYERS, buyer)) or 0
-if have + size > meta.limit then
-  return reply('limit_exceeded', {limit = meta.limit, held = have, requested = size})
-end
 
 -- A seat is taken when sold, or held by a live hold; an expired owner is given back now.
 local function taken(idx)
@@ -54,11 +50,11 @@ local function taken(idx)
   return false
 end
 
-local lost = {}
-local chosen = nil
+-- Validate every group before anything else: bad input changes nothing.
 local groups = (#ARGV - 3) / size
+local candidates = {}
 for gi = 0, groups - 1 do
-  local seats, seen, ok = {}, {}, true
+  local seats, seen = {}, {}
   for j = 1, size do
     local idx = tonumber(ARGV[3 + gi * size + j])
     if not idx or idx < 0 or idx >= meta.n_seats or idx ~= math.floor(idx) then
@@ -68,6 +64,18 @@ for gi = 0, groups - 1 do
     seen[idx] = true
     seats[j] = idx
   end
+  candidates[gi + 1] = seats
+end
+
+local have = tonumber(redis.call('HGET', K_BUYERS, buyer)) or 0
+if have + size > meta.limit then
+  return reply('limit_exceeded', {limit = meta.limit, held = have, requested = size})
+end
+
+local lost = {}
+local chosen = nil
+for gi = 1, groups do
+  local seats, ok = candidates[gi], true
   for j = 1, size do
     if taken(seats[j]) then
       ok = false
