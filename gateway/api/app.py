@@ -35,6 +35,10 @@ def create_fastapi(settings: Settings) -> FastAPI:
         wire = WireConnection(settings.redis_url) if settings.redis_url else None
         scripts = Scripts(runtime.redis, wire=wire)
         runtime.extras["scripts"] = scripts
+        try:
+            await scripts.load_all()
+        except Exception:  # Redis not reachable yet: scripts load on first use (NOSCRIPT path)
+            pass
         snapshots = SnapshotManager(redis=runtime.redis, scripts=scripts, prefix=settings.redis_prefix,
                                     refresh_s=settings.snapshot_refresh_s,
                                     stale_after_s=settings.snapshot_stale_after_s)

@@ -75,22 +75,6 @@ class Edge:
             elif name == b"transfer-encoding" and b"chunked" in value.lower():
                 chunked = True
         request_id = request_id or new_request_id()
-        token = request_id_var.set(request_id)
-        rid_header = (b"x-request-id", request_id.encode())
-        started = False
-
-        async def send_with_id(message: dict[str, Any]) -> None:
-            nonlocal started
-            if message["type"] == "http.response.start":
-                started = True
-                message["headers"] = [*message.get("headers", []), rid_header]
-            await send(message)
-
-        async def send_tracked(message: dict[str, Any]) -> None:
-            nonlocal started
-            started = True
-            await send(message)
-
         try:
             if content_length is not None and (content_length < 0 or content_length > self.max_body):
                 raise DomainError("body_too_large", f"The request body is larger than {self.max_body} bytes.",
@@ -101,37 +85,70 @@ class Edge:
                     raise DomainError("unsupported_media_type",
                                       "Send the request body as JSON with Content-Type: application/json.",
                                       details={"content_type": content_type.decode(errors="replace")})
-            received = 0
-
-            async def limited_receive() -> dict[str, Any]:
-                nonlocal received
-                message = await receive()
-                if message["type"] == "http.request":
-                    received += len(message.get("body", b""))
-                    if received > self.max_body:
-                        raise BodyTooLarge()
-                return message
-
             fast = self.fast
             route = fast.match(scope["method"], scope["path"]) if fast is not None else None
-            if route is not None:
-                handler, arg = route
-                await handler(scope, limited_receive, send_tracked, request_id, arg)
-            else:
-                await self.app(scope, limited_receive, send_with_id)
+        except DomainError as err:
+            await send_error(send, err, request_id)
+            return
+        if route is not None:
+            # Hot routes send their one response at the very end, so any error is raised before it.
+            # Their bodies are read with the same size limit (read_body), without wrappers.
+            handler, arg = route
+            try:
+                await handler(scope, receive, send, request_id, arg)
+            except DomainError as err:
+                await send_error(send, err, request_id)
+            except BodyTooLarge:
+                await send_error(send, self._too_large(), request_id)
+            except Exception:
+                log.exception("unhandled error", extra={"path": scope.get("path"), "request_id": request_id})
+                await send_error(send, _internal(request_id), request_id)
+            return
+        await self._framework(scope, receive, send, request_id)
+
+    def _too_large(self) -> DomainError:
+        return DomainError("body_too_large", f"The request body is larger than {self.max_body} bytes.",
+                           details={"max_bytes": self.max_body})
+
+    async def _framework(self, scope: Scope, receive: Receive, send: Send, request_id: str) -> None:
+        rid_header = (b"x-request-id", request_id.encode())
+        started = False
+        received = 0
+
+        async def send_with_id(message: dict[str, Any]) -> None:
+            nonlocal started
+            if message["type"] == "http.response.start":
+                started = True
+                message["headers"] = [*message.get("headers", []), rid_header]
+            await send(message)
+
+        async def limited_receive() -> dict[str, Any]:
+            nonlocal received
+            message = await receive()
+            if message["type"] == "http.request":
+                received += len(message.get("body", b""))
+                if received > self.max_body:
+                    raise BodyTooLarge()
+            return message
+
+        # Logs of the framework routes carry the request id (the hot routes pass it explicitly).
+        token = request_id_var.set(request_id)
+        try:
+            await self.app(scope, limited_receive, send_with_id)
         except DomainError as err:
             if not started:
                 await send_error(send, err, request_id)
         except BodyTooLarge:
             if not started:
-                await send_error(send, DomainError("body_too_large",
-                                                   f"The request body is larger than {self.max_body} bytes.",
-                                                   details={"max_bytes": self.max_body}), request_id)
+                await send_error(send, self._too_large(), request_id)
         except Exception:
-            log.exception("unhandled error", extra={"path": scope.get("path")})
+            log.exception("unhandled error", extra={"path": scope.get("path"), "request_id": request_id})
             if not started:
-                await send_error(send, DomainError("internal_error", "Something went wrong on our side; "
-                                                   "the request id identifies it in our logs.",
-                                                   details={"request_id": request_id}), request_id)
+                await send_error(send, _internal(request_id), request_id)
         finally:
             request_id_var.reset(token)
+
+
+def _internal(request_id: str) -> DomainError:
+    return DomainError("internal_error", "Something went wrong on our side; the request id identifies it in "
+                       "our logs.", details={"request_id": request_id})

@@ -13,13 +13,16 @@ import time
 from typing import Any
 
 import orjson
+from redis.exceptions import NoScriptError
 
-from gateway.api.edge import Receive, Send, send_json
+from gateway.api.edge import BodyTooLarge, Receive, Send, send_json
 from gateway.core.errors import DomainError
 from gateway.core.runtime import Runtime
 from gateway.services import inventory
 from gateway.services.snapshots import EventView, SnapshotManager
 from gateway.services.tokens import TokenSigner, bearer
+from gateway.store.keys import event_keys
+from gateway.store.scripts import parse_reply
 
 BEST_ROUNDS = 3
 BEST_CANDIDATES = 4
@@ -35,11 +38,21 @@ def _event_id(raw: str) -> int:
     return int(raw)
 
 
-async def read_body(receive: Receive) -> bytes:
-    chunks = []
+async def read_body(receive: Receive, limit: int = 1 << 20) -> bytes:
+    message = await receive()
+    body = message.get("body", b"")
+    if not message.get("more_body"):
+        if len(body) > limit:
+            raise BodyTooLarge()
+        return body
+    chunks, size = [body], len(body)
     while True:
         message = await receive()
-        chunks.append(message.get("body", b""))
+        chunk = message.get("body", b"")
+        size += len(chunk)
+        if size > limit:
+            raise BodyTooLarge()
+        chunks.append(chunk)
         if not message.get("more_body"):
             return b"".join(chunks)
 
@@ -64,6 +77,7 @@ class FastRoutes:
         self.scripts = runtime.extras["scripts"]
         self.prefix = runtime.settings.redis_prefix
         self.max_seats = runtime.settings.max_seats_per_hold
+        self.max_body_bytes = runtime.settings.max_body_bytes
         self.stale_after = runtime.settings.snapshot_stale_after_s
         self.checkout_service: Any = None  # gateway.services.checkout.Checkout, set in the app lifespan
         self.buyer_of = None  # set by the waiting room: (scope, event_id) -> buyer id
@@ -116,14 +130,14 @@ class FastRoutes:
     async def create_hold(self, scope: dict[str, Any], receive: Receive, send: Send, rid: str, arg: str) -> None:
         event_id = _event_id(arg)
         buyer = self.buyer(scope, event_id)
-        body = parse_json(await read_body(receive))
+        body = parse_json(await read_body(receive, self.max_body_bytes))
         if not isinstance(body, dict):
             raise invalid("The body must be a JSON object with one of `seats`, `ga` or `best`.")
         kinds = [k for k in ("seats", "ga", "best") if k in body]
         extra = set(body) - {"seats", "ga", "best"}
         if len(kinds) != 1 or extra:
             raise invalid("Send exactly one of `seats`, `ga` or `best`.", fields=sorted(body))
-        view = await self.snapshots.get(event_id)
+        view = self.snapshots.peek(event_id) or await self.snapshots.get(event_id)
         if view.status not in ("on_sale", ""):
             raise DomainError("not_on_sale", "This event is not on sale right now.", details={"status": view.status})
         hold_id = f"{event_id}-{os.urandom(10).hex()}"
@@ -160,7 +174,7 @@ class FastRoutes:
         if not key:
             raise invalid("Send an Idempotency-Key header (any unique string per checkout attempt, 8-200 "
                           "characters); repeating it returns the same order.")
-        raw = await read_body(receive)
+        raw = await read_body(receive, self.max_body_bytes)
         body = parse_json(raw) if raw.strip() else {}
         if not isinstance(body, dict) or set(body) - {"email", "payment_method"}:
             raise invalid("The body may contain `email` and `payment_method` only.")
@@ -190,9 +204,13 @@ class FastRoutes:
             taken = [s for s, i in zip(seats, indices) if view.snap.is_sold(i)]
             raise DomainError("seat_unavailable", "Some of the requested seats are no longer available.",
                               details={"seats": taken})
+        keys, args = event_keys(self.prefix, event_id), [hold_id, buyer, len(indices), *indices]
         try:
-            return await inventory.hold_seats(scripts=self.scripts, prefix=self.prefix, event_id=event_id,
-                                              hold_id=hold_id, buyer=buyer, seats=indices)
+            try:
+                raw = await self.scripts.batched("hold", keys, args)
+            except NoScriptError:  # Redis lost its scripts (restart): raw() loads them again
+                raw = await self.scripts.raw("hold", keys, args)
+            return inventory.raise_for(parse_reply(raw))
         except DomainError as err:
             self._labels(view, err)
             raise

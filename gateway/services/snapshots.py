@@ -28,7 +28,8 @@ from gateway.store.scripts import Scripts
 log = logging.getLogger("flashgate.snapshots")
 
 OPS_GA_HELD = {hotpath.OP_HOLD: 1, hotpath.OP_RELEASE: 1, hotpath.OP_EXPIRE: 1, hotpath.OP_SELL: -1}
-MAX_RECORDS = 5000
+# Beyond this many new change records, reloading the bitmaps is cheaper than decoding records.
+MAX_RECORDS = 200
 
 
 @dataclass
@@ -133,24 +134,36 @@ class SnapshotManager:
 
     # -- refresh loop -------------------------------------------------------------
     async def refresh_all(self) -> None:
+        """One pipelined read of every event's version and status; then, per changed event, either
+        the few change records since our version, or — when many changed — the whole bitmaps
+        (one reply of a few kB, cheaper than decoding hundreds of records)."""
         views = list(self.views.values())
         if not views:
             return
         pipe = self.redis.pipeline(transaction=False)
         for view in views:
-            pipe.xrange(event_key(self.prefix, view.event_id, "changes"), min=f"({view.last_id}",
-                        count=MAX_RECORDS)
-            pipe.hget(event_key(self.prefix, view.event_id, "meta"), "status")
-        results = await pipe.execute()
+            pipe.hmget(event_key(self.prefix, view.event_id, "meta"), "version", "status")
+        heads = await pipe.execute()
         now = time.monotonic()
-        for i, view in enumerate(views):
-            entries, status = results[2 * i], results[2 * i + 1]
+        follow, reload = [], []
+        for view, (version, status) in zip(views, heads):
             view.status = status.decode() if status else "gone"
-            if entries and not self.apply(view, entries):
-                await self._full(view)
-            elif len(entries) >= MAX_RECORDS:
-                await self._full(view)  # far behind: one reload beats many batches
+            behind = int(version or 0) - view.snap.version
+            if behind > MAX_RECORDS or behind < 0:
+                reload.append(view)
+            elif behind > 0:
+                follow.append(view)
             view.refreshed_at = now
+        if follow:
+            pipe = self.redis.pipeline(transaction=False)
+            for view in follow:
+                pipe.xrange(event_key(self.prefix, view.event_id, "changes"), min=f"({view.last_id}",
+                            count=MAX_RECORDS)
+            for view, entries in zip(follow, await pipe.execute()):
+                if entries and not self.apply(view, entries):
+                    reload.append(view)
+        for view in reload:
+            await self._full(view)
 
     def apply(self, view: EventView, entries: list[tuple[bytes, dict[bytes, bytes]]]) -> bool:
         records = []

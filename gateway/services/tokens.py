@@ -18,6 +18,7 @@ import orjson
 from gateway.core.errors import DomainError
 
 _MAC_BYTES = 16
+_SEEN_MAX = 200_000  # verified tokens remembered per process (~100 MB worst case, usually far less)
 
 
 def _b64(data: bytes) -> str:
@@ -31,6 +32,7 @@ def _unb64(text: str) -> bytes:
 class TokenSigner:
     def __init__(self, secret: bytes) -> None:
         self._key = hashlib.sha256(b"flashgate-tokens|" + secret).digest()
+        self._seen: dict[str, tuple[str, dict[str, Any]]] = {}
 
     def _mac(self, signed: bytes) -> bytes:
         return hmac.digest(self._key, signed, "sha256")[:_MAC_BYTES]
@@ -41,7 +43,23 @@ class TokenSigner:
         return f"{signed}.{_b64(self._mac(signed.encode()))}"
 
     def verify(self, token: str, kind: str, *, now: float | None = None) -> dict[str, Any]:
-        """The payload of a valid, unexpired token of this kind; else a 401 DomainError."""
+        """The payload of a valid, unexpired token of this kind; else a 401 DomainError.
+
+        Tokens already verified are remembered (bounded), so a buyer's repeated requests cost a
+        dict lookup and the expiry check, not a MAC. Callers must not change the payload."""
+        hit = self._seen.get(token)
+        if hit is not None and hit[0] == kind:
+            payload = hit[1]
+            exp = payload.get("exp")
+            if exp is None or (now or time.time()) < exp:
+                return payload
+        payload = self._verify(token, kind, now=now)
+        if len(self._seen) >= _SEEN_MAX:
+            self._seen.clear()
+        self._seen[token] = (kind, payload)
+        return payload
+
+    def _verify(self, token: str, kind: str, *, now: float | None = None) -> dict[str, Any]:
         parts = token.split(".")
         if len(parts) != 3 or parts[0] != kind or len(token) > 4096:
             raise DomainError("invalid_token", f"The {kind_name(kind)} token is missing or malformed.")
@@ -71,8 +89,8 @@ def kind_name(kind: str) -> str:
 def bearer(headers: list[tuple[bytes, bytes]]) -> str | None:
     for name, value in headers:
         if name == b"authorization":
-            scheme, _, token = value.decode("latin-1").partition(" ")
-            if scheme.lower() == "bearer" and token.strip():
-                return token.strip()
+            if value[:7].lower() == b"bearer ":
+                token = value[7:].strip()
+                return token.decode("latin-1") if token else None
             return None
     return None

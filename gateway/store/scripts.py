@@ -94,7 +94,7 @@ class Scripts:
     def batched(self, name: str, keys: list[str], args: list[Any]) -> "asyncio.Future[Any]":
         """Queue a call for the pipeline sent at the end of this loop tick; returns the raw reply future."""
         if self.wire is not None:
-            return asyncio.ensure_future(self._wire_call(self.scripts[name], keys, args))
+            return self.wire.call(self._encode(self.scripts[name], keys, args))
         loop = asyncio.get_running_loop()
         fut = loop.create_future()
         self._pending.append((self.scripts[name], len(keys), [*keys, *args], fut))
@@ -108,7 +108,7 @@ class Scripts:
             return parse_reply(await self._wire_call(self.scripts[name], keys, args))
         return parse_reply(await self.batched(name, keys, args))
 
-    async def _wire_call(self, script: Script, keys: list[str], args: list[Any]) -> Any:
+    def _encode(self, script: Script, keys: list[str], args: list[Any]) -> bytes:
         # The command head (EVALSHA sha numkeys keys...) is the same for every call on one event.
         cache_key = (script.sha, *keys)
         head = self._heads.get(cache_key)
@@ -116,7 +116,10 @@ class Scripts:
             if len(self._heads) > 10_000:
                 self._heads.clear()
             head = self._heads[cache_key] = encode_head("EVALSHA", script.sha, len(keys), *keys)
-        command = encode_with(head, *args)
+        return encode_with(head, *args)
+
+    async def _wire_call(self, script: Script, keys: list[str], args: list[Any]) -> Any:
+        command = self._encode(script, keys, args)
         try:
             return await self.wire.call(command)
         except NoScriptError:

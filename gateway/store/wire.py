@@ -42,11 +42,20 @@ def encode_head(*parts: Any) -> tuple[bytes, int]:
 
 def encode_with(head: tuple[bytes, int], *parts: Any) -> bytes:
     """`encode(*head_parts, *parts)` with the head encoded once and reused."""
-    out = [b"*%d\r\n" % (head[1] + len(parts)), head[0]]
+    chunks = [b"*%d\r\n" % (head[1] + len(parts)), head[0]]
+    append = chunks.append
     for part in parts:
-        data = part if isinstance(part, bytes) else part.encode() if isinstance(part, str) else str(part).encode()
-        out.append(b"$%d\r\n%s\r\n" % (len(data), data))
-    return b"".join(out)
+        cls = part.__class__
+        if cls is str:
+            data = part.encode()
+        elif cls is int:
+            data = b"%d" % part
+        elif cls is bytes:
+            data = part
+        else:
+            data = str(part).encode()
+        append(b"$%d\r\n%s\r\n" % (len(data), data))
+    return b"".join(chunks)
 
 
 def _error(reply: hiredis.ReplyError) -> Exception:
