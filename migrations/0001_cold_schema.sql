@@ -218,11 +218,12 @@ CREATE UNIQUE INDEX uq_scans_admitted_ticket ON scans (ticket_id) WHERE result =
 CREATE INDEX ix_scans_event ON scans (event_id, scanned_at);
 
 -- Append-only copy of the Redis ledger stream; (event_id, stream_id) makes replays idempotent.
+-- json, not jsonb: kept as written (an archive, not queried by key), and cheaper to store.
 CREATE TABLE ledger_entries (
     event_id    bigint      NOT NULL,
     stream_id   text        NOT NULL,
     kind        text        NOT NULL,
-    payload     jsonb       NOT NULL,
+    payload     json        NOT NULL,
     written_at  timestamptz NOT NULL DEFAULT now(),
     CONSTRAINT pk_ledger_entries PRIMARY KEY (event_id, stream_id)
 );

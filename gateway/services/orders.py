@@ -4,6 +4,7 @@ and codes without talking to each other."""
 
 from __future__ import annotations
 
+import hashlib
 import uuid
 from dataclasses import dataclass
 from typing import Any
@@ -22,7 +23,8 @@ def order_id_for(event_id: int, hold_id: str, buyer: str, idempotency_key: str) 
 
 
 def ticket_id_for(order_id: str, serial: int) -> str:
-    return str(uuid.uuid5(uuid.UUID(order_id), str(serial)))
+    """md5 of "<order id>:<serial>" as a UUID: the same as Postgres' `md5(...)::uuid`."""
+    return str(uuid.UUID(hashlib.md5(f"{order_id}:{serial}".encode()).hexdigest()))
 
 
 @dataclass

@@ -11,6 +11,7 @@ on the next try, or claimed (XAUTOCLAIM) by another worker once idle.
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import logging
 import os
 import socket
@@ -23,7 +24,6 @@ import orjson
 from redis.exceptions import ResponseError
 
 from gateway.core.runtime import Runtime
-from gateway.services.orders import ticket_id_for
 from gateway.store.keys import LEDGER_GROUP, event_key, ledger_set
 
 log = logging.getLogger("flashgate.ledger")
@@ -32,11 +32,10 @@ BATCH = 1000
 IDLE_SLEEP_S = 0.02
 CLAIM_IDLE_MS = int(os.environ.get("FLASHGATE_LEDGER_CLAIM_IDLE_MS", "15000"))
 CLAIM_EVERY_S = 5.0
-PAY_NS = uuid.UUID("0c8e3b7a-51f2-4a6d-8c1e-9f4b2d7a6e35")
 
 
-def payment_uuid(order_id: str, kind: str) -> uuid.UUID:
-    return uuid.uuid5(PAY_NS, f"{order_id}|{kind}")
+def payment_uuid(order_id: str, kind: str) -> str:
+    return hashlib.md5(f"{order_id}|{kind}|payment".encode()).hexdigest()
 
 
 def _ts(ms: int | float | None) -> Any:
@@ -69,12 +68,12 @@ class LedgerWriter:
 
     def _order(self, d: dict[str, Any], o: dict[str, Any]) -> None:
         order_id = d["order_id"]
-        at = _ts(d.get("confirmed_at_ms"))
+        at = d.get("confirmed_at_ms") or int(time.time() * 1000)  # ms; to_timestamp() in SQL
         currency = o.get("currency") or "XXX"
-        self.orders.append((uuid.UUID(order_id), self.event_id, d["hold_id"], d["buyer"], o.get("email"), "paid",
+        self.orders.append((order_id, self.event_id, d["hold_id"], d["buyer"], o.get("email"), "paid",
                             int(o.get("amount_minor") or 0), currency, o.get("idempotency_key"), at))
         if o.get("payment_id"):
-            self.payments.append((payment_uuid(order_id, "capture"), uuid.UUID(order_id), d["hold_id"],
+            self.payments.append((payment_uuid(order_id, "capture"), order_id, d["hold_id"],
                                   o.get("provider") or "simulator", o["payment_id"], "capture",
                                   int(o.get("amount_minor") or 0), currency, "succeeded", at))
         seats = d.get("seats") or []
@@ -84,11 +83,11 @@ class LedgerWriter:
             kinds += [(None, code)] * int(ga[code])
         for i, (seat, ga_type) in enumerate(kinds):
             serial = int(d["serial_start"]) + i
-            self.tickets.append((uuid.UUID(ticket_id_for(order_id, serial)), uuid.UUID(order_id), self.event_id,
-                                 serial, seat, ga_type, at))
+            self.tickets.append((hashlib.md5(f"{order_id}:{serial}".encode()).hexdigest(), order_id, self.event_id,
+                                 serial, seat, ga_type, at))  # = ticket_id_for(), as 32 hex digits
 
     def _orphan(self, d: dict[str, Any]) -> None:
-        at = _ts(d.get("at_ms"))
+        at = d.get("at_ms") or int(time.time() * 1000)
         for kind, ref in (("capture", d["payment_id"]), ("refund", d.get("refund_id") or f"{d['payment_id']}:r")):
             self.payments.append((payment_uuid(d["order_id"], kind), None, d["hold_id"], "simulator", ref, kind,
                                   int(d["amount_minor"]), d.get("currency") or "XXX", "succeeded", at))
@@ -104,7 +103,7 @@ class LedgerWriter:
             await self.conn.execute(
                 """INSERT INTO payments (id, order_id, hold_id, provider, provider_ref, kind, amount_minor, currency,
                                          status, created_at)
-                   SELECT $1, o.id, o.hold_id, 'simulator', $2, 'refund', $3, o.currency, 'succeeded', $4
+                   SELECT $1::uuid, o.id, o.hold_id, 'simulator', $2, 'refund', $3, o.currency, 'succeeded', $4
                    FROM orders o WHERE o.id = $5 ON CONFLICT DO NOTHING""",
                 payment_uuid(d["order_id"], "refund"), o["refund_id"], int(o.get("amount_minor") or 0), at, order_id)
 
@@ -121,37 +120,45 @@ class LedgerWriter:
             await self.conn.execute(
                 """INSERT INTO orders (id, event_id, hold_id, buyer, email, status, total_minor, currency,
                                        idempotency_key, paid_at)
-                   SELECT * FROM unnest($1::uuid[], $2::bigint[], $3::text[], $4::text[], $5::text[], $6::text[],
-                                        $7::bigint[], $8::text[], $9::text[], $10::timestamptz[])
+                   SELECT i, e, h, b, m, s, t, c, k, to_timestamp(a / 1000.0)
+                   FROM unnest($1::text[]::uuid[], $2::bigint[], $3::text[], $4::text[], $5::text[],
+                               $6::text[], $7::bigint[], $8::text[], $9::text[], $10::float8[])
+                        AS u(i, e, h, b, m, s, t, c, k, a)
                    ON CONFLICT DO NOTHING""", *cols)
         if self.payments:
             cols = list(zip(*self.payments))
             await self.conn.execute(
                 """INSERT INTO payments (id, order_id, hold_id, provider, provider_ref, kind, amount_minor, currency,
                                          status, created_at)
-                   SELECT * FROM unnest($1::uuid[], $2::uuid[], $3::text[], $4::text[], $5::text[], $6::text[],
-                                        $7::bigint[], $8::text[], $9::text[], $10::timestamptz[])
+                   SELECT i, o, h, p, r, k, m, c, s, to_timestamp(a / 1000.0)
+                   FROM unnest($1::text[]::uuid[], $2::text[]::uuid[], $3::text[], $4::text[], $5::text[],
+                               $6::text[], $7::bigint[], $8::text[], $9::text[], $10::float8[])
+                        AS u(i, o, h, p, r, k, m, c, s, a)
                    ON CONFLICT DO NOTHING""", *cols)
         if self.tickets:
             cols = list(zip(*self.tickets))
             await self.conn.execute(
                 """INSERT INTO tickets (id, order_id, event_id, serial, seat_index, ticket_type, created_at)
-                   SELECT * FROM unnest($1::uuid[], $2::uuid[], $3::bigint[], $4::int[], $5::int[], $6::text[],
-                                        $7::timestamptz[])
+                   SELECT i, o, e, s, x, t, to_timestamp(a / 1000.0)
+                   FROM unnest($1::text[]::uuid[], $2::text[]::uuid[], $3::bigint[], $4::int[], $5::int[],
+                               $6::text[], $7::float8[]) AS u(i, o, e, s, x, t, a)
                    ON CONFLICT DO NOTHING""", *cols)
         self.orders.clear()
         self.payments.clear()
         self.tickets.clear()
 
 
-def decode(entries: list[tuple[bytes, dict[bytes, bytes]]]) -> list[tuple[str, str, dict, dict]]:
+def decode(entries: list[tuple[bytes, dict[bytes, bytes]]]) -> list[tuple[str, str, dict, dict, str]]:
     out = []
     for entry_id, fields in entries:
         sid = entry_id.decode() if isinstance(entry_id, bytes) else entry_id
         kind = fields[b"k"].decode()
-        data = orjson.loads(fields[b"d"])
-        extra = orjson.loads(fields.get(b"o") or b"{}")
-        out.append((sid, kind, data if isinstance(data, dict) else {}, extra if isinstance(extra, dict) else {}))
+        raw_d, raw_o = fields[b"d"], fields.get(b"o") or b"{}"
+        data = orjson.loads(raw_d)
+        extra = orjson.loads(raw_o)
+        raw = b'{"d":' + raw_d + b',"o":' + raw_o + b"}"  # the entry as Redis had it, not re-encoded
+        out.append((sid, kind, data if isinstance(data, dict) else {}, extra if isinstance(extra, dict) else {},
+                    raw.decode()))
     return out
 
 
@@ -160,11 +167,10 @@ async def write_batch(pool: asyncpg.Pool, event_id: int, entries: list[tuple[byt
     async with pool.acquire() as conn, conn.transaction():
         await conn.execute(
             """INSERT INTO ledger_entries (event_id, stream_id, kind, payload)
-               SELECT $1, * FROM unnest($2::text[], $3::text[], $4::jsonb[]) ON CONFLICT DO NOTHING""",
-            event_id, [d[0] for d in decoded], [d[1] for d in decoded],
-            [orjson.dumps({"d": d[2], "o": d[3]}).decode() for d in decoded])
+               SELECT $1, * FROM unnest($2::text[], $3::text[], $4::text[]::json[]) ON CONFLICT DO NOTHING""",
+            event_id, [d[0] for d in decoded], [d[1] for d in decoded], [d[4] for d in decoded])
         writer = LedgerWriter(conn, event_id)
-        for sid, kind, data, extra in decoded:
+        for sid, kind, data, extra, _ in decoded:
             await writer.add(sid, kind, data, extra)
         await writer.flush()
 
@@ -256,7 +262,14 @@ TRANSIENT = (OSError, asyncio.TimeoutError, asyncpg.PostgresConnectionError, asy
 
 
 async def run(runtime: Runtime, stop: asyncio.Event) -> None:
-    worker = LedgerWorker(runtime)
+    """Several consumers in one process (FLASHGATE_LEDGER_CONSUMERS, default 2): while one waits for
+    Postgres to commit a batch, the next batch is already being written."""
+    n = max(1, int(os.environ.get("FLASHGATE_LEDGER_CONSUMERS", "2")))
+    base = f"{socket.gethostname()}-{os.getpid()}"
+    await asyncio.gather(*(_consume(LedgerWorker(runtime, consumer=f"{base}-{i}"), stop) for i in range(n)))
+
+
+async def _consume(worker: LedgerWorker, stop: asyncio.Event) -> None:
     backoff = 0.1
     failing = False
     while not stop.is_set():
