@@ -83,6 +83,10 @@ class SharedStorage(pybreaker.CircuitBreakerStorage):
         self._pending.append(("hincrby", ("fail", 1)))
 
     def reset_counter(self) -> None:
+        # Every success resets the count: write only when there is something to reset, or the
+        # closed breaker's happy path would cost a Redis write per call.
+        if self._fail == 0 and not any(op[1][0] == "fail" for op in self._pending):
+            return
         self._fail = 0
         self._pending.append(("hset", ("fail", 0)))
 
@@ -91,6 +95,8 @@ class SharedStorage(pybreaker.CircuitBreakerStorage):
         self._pending.append(("hincrby", ("success", 1)))
 
     def reset_success_counter(self) -> None:
+        if self._success == 0 and not any(op[1][0] == "success" for op in self._pending):
+            return
         self._success = 0
         self._pending.append(("hset", ("success", 0)))
 
@@ -174,6 +180,7 @@ class SharedBreaker:
         excluded: list[Any] = [*exclude, asyncio.CancelledError]
         self._cb = pybreaker.CircuitBreaker(fail_max=fail_max, reset_timeout=reset_timeout_s, exclude=excluded,
                                             state_storage=self.storage, name=name)
+        self._flush_task: asyncio.Task | None = None
 
     @property
     def reset_timeout_s(self) -> float:
@@ -220,7 +227,20 @@ class SharedBreaker:
             raise self._open_error() from None
         finally:
             if self.storage.has_pending():
-                await self.storage.sync(force=True)
+                self._flush_soon()
+
+    def _flush_soon(self) -> None:
+        """Send this call's state change to Redis in the background: one flush at a time, and the
+        caller does not wait for it (a state change must reach the other processes quickly, but a
+        payment answer must not queue behind Redis writes)."""
+        if self._flush_task is None or self._flush_task.done():
+            self._flush_task = asyncio.get_running_loop().create_task(self._flush())
+
+    async def _flush(self) -> None:
+        while self.storage.has_pending():
+            await self.storage.sync(force=True)
+            if self.storage.has_pending() and time.monotonic() < self.storage._redis_down_until:
+                return
 
     async def snapshot(self) -> dict[str, Any]:
         """State for dashboards and /readyz: name, state, failures, retry_after when open."""

@@ -306,7 +306,7 @@ def main(argv: list[str] | None = None) -> int:
     from granian.log import LogLevels
 
     Granian("gateway.providers.simulator:app_from_env", address=args.host, port=args.port,
-            interface=Interfaces.ASGI, workers=1, factory=True, log_level=LogLevels.warning).serve()
+            interface=Interfaces.ASGI, workers=1, factory=True, log_level=LogLevels.warning, loop="uvloop").serve()
     return 0
 
 
