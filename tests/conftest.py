@@ -26,7 +26,7 @@ import redis
 from gateway.core.config import Settings
 from gateway.db.migrate import migrate
 from gateway.stack.embedded import MissingBinary, PostgresServer, RedisServer
-from tests.utils.servers import drop_database, delete_prefix
+from tests.utils.servers import delete_prefix, drop_database, run_async
 
 IN_CI = bool(os.environ.get("CI"))
 logging.getLogger("httpx").setLevel(logging.WARNING)
@@ -97,11 +97,11 @@ def database_url(postgres_server_url: str, run_id: str) -> Iterator[str]:
         finally:
             await conn.close()
 
-    asyncio.run(create())
+    run_async(create)
     url = postgres_server_url.rsplit("/", 1)[0] + "/" + name
-    asyncio.run(migrate(url))
+    run_async(migrate, url)
     yield url
-    asyncio.run(drop_database(postgres_server_url, name))
+    run_async(drop_database, postgres_server_url, name)
 
 
 @pytest.fixture(scope="session")

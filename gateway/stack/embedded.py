@@ -255,7 +255,11 @@ class PostgresServer:
                         raise
                     await asyncio.sleep(0.1)
 
-        asyncio.run(probe())
+        # A thread of its own: callers may already run an event loop in this thread.
+        import concurrent.futures
+
+        with concurrent.futures.ThreadPoolExecutor(max_workers=1) as pool:
+            pool.submit(asyncio.run, probe()).result()
 
     def stop(self) -> None:
         if self.proc:

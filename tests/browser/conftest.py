@@ -42,7 +42,7 @@ def run_async(coro: Coroutine[Any, Any, T]) -> T:
         return pool.submit(asyncio.run, coro).result()
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")  # sync Playwright runs a loop in this thread: stop it before other tests
 def browser() -> Iterator[Any]:
     try:
         from playwright.sync_api import sync_playwright

@@ -13,7 +13,7 @@ import pytest
 
 from gateway.db.migrate import discover, migrate
 from tests.utils.live import stack_env
-from tests.utils.servers import drop_database
+from tests.utils.servers import drop_database, run_async
 
 
 
@@ -26,9 +26,9 @@ def empty_db(postgres_server_url):
         await conn.execute(f'CREATE DATABASE "{name}"')
         await conn.close()
 
-    asyncio.run(create())
+    run_async(create)
     yield postgres_server_url.rsplit("/", 1)[0] + "/" + name
-    asyncio.run(drop_database(postgres_server_url, name))
+    run_async(drop_database, postgres_server_url, name)
 
 
 @pytest.mark.anyio
@@ -63,7 +63,7 @@ def test_two_processes_at_once(empty_db, settings):
         finally:
             await conn.close()
 
-    assert asyncio.run(check()) == len(discover())
+    assert run_async(check) == len(discover())
 
 
 async def _order(conn, event_id):

@@ -32,3 +32,13 @@ async def drop_database(admin_url: str, name: str) -> None:
         await conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
     finally:
         await conn.close()
+
+
+def run_async(coro_fn, *args):
+    """Run `coro_fn(*args)` to completion on a fresh event loop in its own thread: safe from sync
+    fixtures even when a test's event loop is already running in this thread."""
+    import asyncio
+    import concurrent.futures
+
+    with concurrent.futures.ThreadPoolExecutor(max_workers=1) as pool:
+        return pool.submit(lambda: asyncio.run(coro_fn(*args))).result()

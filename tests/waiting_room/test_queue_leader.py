@@ -1,0 +1,190 @@
+"""The admission leader: failover between real processes, backpressure, inventory pause, sold out,
+stalled places, positions under concurrent joins and polls."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import time
+
+import pytest
+import redis.asyncio as aioredis
+
+from gateway.services import inventory
+from gateway.services.waiting_room import qkey
+from gateway.store.keys import event_key
+from gateway.store.scripts import Scripts
+from tests.utils.factories import auth
+from tests.utils.live import start_worker
+from tests.waiting_room.conftest import RELAXED, app_client, join, leader, new_buyer, poll, queue_event, wait_for
+
+pytestmark = pytest.mark.anyio
+
+
+async def stats(client, event):
+    resp = await client.get(f"/v1/events/{event['id']}/stats", headers=auth(event["api_key"]))
+    assert resp.status_code == 200, resp.text
+    return resp.json()["queue"]
+
+
+async def fill(client, event, n):
+    return [(await join(client, event["id"], await new_buyer(client)))["queue_token"] for _ in range(n)]
+
+
+@pytest.mark.slow
+async def test_leader_failover_between_processes(qclient, database_url, settings, tmp_root):
+    event = await queue_event(qclient, database_url, rate=5)
+    await fill(qclient, event, 200)
+    with start_worker(settings, "admission", tmp_root) as one, start_worker(settings, "admission", tmp_root) as two:
+        async def led():
+            q = await stats(qclient, event)
+            return q if q["leader"] and q["admitted_up_to"] > 0 else None
+
+        first = await wait_for(led, timeout=20)
+        assert first, "no leader took the event"
+        pid = int(first["leader"].split(":")[1])
+        assert pid in (one.pid, two.pid)
+        dead, alive = (one, two) if pid == one.pid else (two, one)
+        os.kill(dead.pid, signal.SIGKILL)  # no clean shutdown: the lease must expire
+        dead.wait(5)
+        killed_at = time.monotonic()
+        before = (await stats(qclient, event))["admitted_up_to"]
+
+        async def taken_over():
+            q = await stats(qclient, event)
+            ok = q["leader"] and int(q["leader"].split(":")[1]) == alive.pid and q["admitted_up_to"] > before
+            return q if ok else None
+
+        after = await wait_for(taken_over, timeout=10)
+        assert after, "admission stopped with its leader"
+        assert time.monotonic() - killed_at < settings.queue_lease_ms / 1000 + 3
+
+
+async def test_backpressure_slows_stops_and_recovers(qclient, database_url, settings):
+    event = await queue_event(qclient, database_url, rate=20, ga={"floor": 1000}, sections=0)
+    await fill(qclient, event, 300)
+    redis = aioredis.Redis.from_url(settings.redis_url)
+    scripts = Scripts(redis)
+    prefix = settings.redis_prefix
+    try:
+        async with leader(settings, queue_max_active_holds=10):
+            assert await wait_for(lambda: _upto_above(qclient, event, 0))
+            holds = []
+            for i in range(9):  # 90 % of the limit: half speed
+                holds.append(await inventory.hold_ga(scripts=scripts, prefix=prefix, event_id=event["id"],
+                                                     hold_id=f"{event['id']}-bp{i}", buyer=f"bp{i}",
+                                                     ticket_type="floor", quantity=1))
+            q = await wait_for(lambda: _factor(qclient, event, 0.5))
+            assert q and q["rate"]["effective_per_s"] == pytest.approx(10)
+            holds.append(await inventory.hold_ga(scripts=scripts, prefix=prefix, event_id=event["id"],
+                                                 hold_id=f"{event['id']}-bp9", buyer="bp9", ticket_type="floor",
+                                                 quantity=1))
+            q = await wait_for(lambda: _factor(qclient, event, 0.0))
+            assert q and q["paused"] == "backpressure"
+            stopped = q["admitted_up_to"]
+            await asyncio.sleep(0.6)
+            assert (await stats(qclient, event))["admitted_up_to"] == stopped  # saturated: no admission
+            for i in range(10):
+                await inventory.release(scripts=scripts, prefix=prefix, event_id=event["id"],
+                                        hold_id=f"{event['id']}-bp{i}", buyer=f"bp{i}")
+            assert await wait_for(lambda: _upto_above(qclient, event, stopped)), "admission did not recover"
+            assert (await stats(qclient, event))["backpressure"]["factor"] == 1
+    finally:
+        await redis.aclose()
+
+
+async def _upto_above(client, event, value):
+    return (await stats(client, event))["admitted_up_to"] > value
+
+
+async def _factor(client, event, factor):
+    q = await stats(client, event)
+    return q if abs(q["backpressure"]["factor"] - factor) < 1e-9 else None
+
+
+async def test_nobody_waits_for_nothing(qclient, database_url, settings):
+    event = await queue_event(qclient, database_url, rate=50, ga={"floor": 4}, sections=0)
+    tokens = await fill(qclient, event, 10)
+    async with leader(settings, queue_tickets_per_buyer=2):
+        q = await wait_for(lambda: _paused(qclient, event, "inventory"))
+        assert q and q["admitted_up_to"] == 2  # 4 tickets left, 2 per buyer: 2 buyers, then a pause
+        async def paused_poll():
+            body = await poll(qclient, event["id"], tokens[5])
+            return body if body["paused"] == "inventory" else None
+
+        body = await wait_for(paused_poll, timeout=3)
+        assert body and body["status"] == "waiting" and body["eta_s"] is None
+        # the last tickets sell
+        redis = aioredis.Redis.from_url(settings.redis_url)
+        try:
+            await redis.hset(event_key(settings.redis_prefix, event["id"], "ga"), mapping={"sold:floor": 4})
+        finally:
+            await redis.aclose()
+        assert await wait_for(lambda: _paused(qclient, event, "sold_out"))
+
+        async def told():
+            return (await poll(qclient, event["id"], tokens[9]))["status"] == "sold_out"
+
+        assert await wait_for(told)
+        assert all([(await poll(qclient, event["id"], t))["status"] == "sold_out" for t in tokens[2:]])
+        resp = await qclient.post(f"/v1/events/{event['id']}/queue",
+                                  headers=auth((await new_buyer(qclient))["buyer_token"]))
+        assert resp.status_code == 409 and resp.json()["error"]["code"] == "sold_out"
+
+
+async def _paused(client, event, reason):
+    q = await stats(client, event)
+    return q if q["paused"] == reason else None
+
+
+async def test_stalled_places_are_skipped_and_refresh_keeps_a_place(database_url, settings):
+    fast = {**RELAXED, "queue_seen_flush_s": 0.2}
+    async with app_client(settings, **fast) as client:
+        event = await queue_event(client, database_url, rate=2)
+        buyers = [await new_buyer(client) for _ in range(4)]
+        tokens = [(await join(client, event["id"], b))["queue_token"] for b in buyers]
+        for _ in range(14):  # 3.5 s: buyer 1 never polls, buyer 2 only refreshes (joins again)
+            for i in (0, 3):
+                await poll(client, event["id"], tokens[i])
+            await join(client, event["id"], buyers[2])
+            await asyncio.sleep(0.25)
+        async with leader(settings, queue_stall_s=2):
+            async def decided():
+                bodies = [await poll(client, event["id"], t) for t in tokens]
+                return bodies if all(b["status"] != "waiting" for b in bodies) else None
+
+            bodies = await wait_for(decided, timeout=10)
+        assert [b["status"] for b in bodies] == ["admitted", "expired", "admitted", "admitted"]
+        assert bodies[1]["reason"] == "stalled"
+        q = await stats(client, event)
+        assert q["lost_stalled"] == 1 and q["admitted"] == 3
+        again = await join(client, event["id"], buyers[1], expect=201)  # a new place at the back
+        assert again["place"] == 5
+
+
+async def test_positions_are_monotonic_under_concurrent_joins_and_polls(qclient, database_url, settings):
+    event = await queue_event(qclient, database_url, rate=15)
+    buyers = [await new_buyer(qclient) for _ in range(80)]
+    async with leader(settings):
+        joined = await asyncio.gather(*(join(qclient, event["id"], b) for b in buyers))
+        assert sorted(j["place"] for j in joined if j["status"] == "waiting" or j.get("place")) == \
+            list(range(1, 81))
+        histories: list[list[tuple[str, int | None]]] = [[] for _ in joined]
+
+        async def poller(i: int) -> None:
+            for _ in range(25):
+                body = await poll(qclient, event["id"], joined[i]["queue_token"])
+                histories[i].append((body["status"], body["position"]))
+                await asyncio.sleep(0.02)
+
+        extra = [new_buyer(qclient) for _ in range(20)]
+        late = [await b for b in extra]
+        await asyncio.gather(*(poller(i) for i in range(len(joined))),
+                             *(join(qclient, event["id"], b) for b in late))
+    for history in histories:
+        positions = [p for s, p in history if s == "waiting"]
+        assert all(a >= b for a, b in zip(positions, positions[1:])), history
+        statuses = [s for s, _ in history]
+        if "admitted" in statuses:  # once admitted, stays admitted
+            assert set(statuses[statuses.index("admitted"):]) == {"admitted"}
