@@ -125,19 +125,6 @@ function request()
   return wrk.format(nil, "/v1/events/%(event)d/holds", nil,
                     '{"seats":["S' .. s .. '-' .. r .. '-' .. n .. '"]}')
 end
-function response(status, headers, body)
-  counts[status] = (counts[status] or 0) + 1
-end
-function done(summary, latency, requests)
-  local total = {}
-  for _, t in ipairs(threads) do
-    local c = t:get("counts")
-    for k, v in pairs(c) do total[k] = (total[k] or 0) + v end
-  end
-  local parts = {}
-  for k, v in pairs(total) do table.insert(parts, k .. "=" .. v) end
-  io.write("STATUS " .. table.concat(parts, " ") .. "\n")
-end
 """
 
 
@@ -185,7 +172,6 @@ def main() -> None:
           + ", ".join(f"{r['rps']:,.0f}" for r in runs))
     print(f"{'gateway p50 / p99 latency (ms)':<44}{statistics.median(r.get('p50_ms', 0) for r in runs):>12.2f}"
           f"  p99 {statistics.median(r.get('p99_ms', 0) for r in runs):.2f}")
-    print(f"{'gateway status mix (last run)':<44}{'':>12}  {runs[-1].get('statuses')}")
     if ceil_c:
         print(f"{'ceiling: hold script via redis-benchmark':<44}{statistics.median(ceil_c):>12,.0f}  "
               + ", ".join(f"{c:,.0f}" for c in ceil_c))
