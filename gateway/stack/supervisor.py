@@ -88,7 +88,8 @@ class Stack:
             _wait_port(sim_port, "payment simulator")
         if not os.environ.get("FLASHGATE_NOTIFY_SMTP_HOST"):
             smtp_port = free_port()
-            (self.var / "mail").mkdir(exist_ok=True)
+            for sub in ("cur", "new", "tmp"):  # a Maildir
+                (self.var / "mail" / sub).mkdir(parents=True, exist_ok=True)
             self._child("mail-sink", [sys.executable, "-m", "aiosmtpd", "-n", "-l", f"127.0.0.1:{smtp_port}",
                                       "-c", "aiosmtpd.handlers.Mailbox", str(self.var / "mail")], env)
             env["FLASHGATE_NOTIFY_SMTP_HOST"] = "127.0.0.1"
