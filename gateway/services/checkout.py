@@ -142,9 +142,9 @@ class Checkout:
                               "Your hold ended before the payment completed; the payment was refunded.",
                               details={"hold_id": hold_id, "refunded": True, "reason": err.code}) from None
         result = self._answer(event_id, order_id, confirmed, layout, info, body)
-        if self.notify is not None and body.get("email"):
+        if self.notify is not None:
             try:
-                await self.notify(event_id=event_id, info=info, result=result, email=body["email"])
+                await self.notify(event_id=event_id, info=info, result=result, email=body.get("email"))
             except Exception as exc:  # a notification never fails a sale
                 log.warning("notification not queued", extra={"order_id": order_id, "error": repr(exc)})
         return result

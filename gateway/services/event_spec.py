@@ -58,6 +58,13 @@ class QueueSpec(Strict):
     admission_rate: Annotated[float, Field(gt=0, le=100_000)] = 50.0
 
 
+class WebhookSpec(Strict):
+    """Where the organiser wants sale events (order.paid, order.refunded), signed with `secret`."""
+
+    url: Annotated[str, Field(max_length=500, pattern=r"^https?://[^\s]+$")]
+    secret: Annotated[str, Field(min_length=16, max_length=200)]
+
+
 class EventSpec(Strict):
     name: Annotated[str, Field(min_length=1, max_length=200)]
     venue: Annotated[str, Field(max_length=200)] | None = None
@@ -69,6 +76,7 @@ class EventSpec(Strict):
     sections: Annotated[list[SectionSpec], Field(max_length=1000)] = Field(default_factory=list)
     ga: Annotated[list[GATypeSpec], Field(max_length=100)] = Field(default_factory=list)
     queue: QueueSpec = Field(default_factory=QueueSpec)
+    webhook: WebhookSpec | None = None
 
     @model_validator(mode="after")
     def _consistent(self) -> "EventSpec":

@@ -66,7 +66,8 @@ async def create_event(pool: asyncpg.Pool, *, organisation_id: int, spec: EventS
                VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10::jsonb, $11, $12) RETURNING id""",
             organisation_id, spec.name, spec.venue, spec.starts_at, spec.currency, spec.hold_ttl_s,
             spec.per_buyer_limit, spec.queue.enabled, spec.queue.admission_rate,
-            orjson.dumps({"spec_version": 1}).decode(), public_raw, private_raw)
+            orjson.dumps({"spec_version": 1, **({"webhook": spec.webhook.model_dump()} if spec.webhook else {})}
+                         ).decode(), public_raw, private_raw)
         tiers = {}
         for code, price in spec.price_tiers.items():
             tiers[code] = await conn.fetchval(
@@ -100,6 +101,11 @@ async def create_event(pool: asyncpg.Pool, *, organisation_id: int, spec: EventS
     return await get_event(pool, organisation_id=organisation_id, event_id=event_id)
 
 
+def _webhook(row: asyncpg.Record) -> dict[str, Any]:
+    raw = row["webhook"]
+    return orjson.loads(raw) if isinstance(raw, (str, bytes)) else dict(raw or {})
+
+
 def _view(row: asyncpg.Record, ga: list[asyncpg.Record], sections: list[asyncpg.Record]) -> dict[str, Any]:
     return {
         "id": row["id"], "name": row["name"], "venue": row["venue"],
@@ -111,13 +117,19 @@ def _view(row: asyncpg.Record, ga: list[asyncpg.Record], sections: list[asyncpg.
         "ga": [{"code": g["code"], "name": g["name"], "capacity": g["capacity"], "price_minor": g["price_minor"]}
                for g in ga],
         "capacity": sum(s["seats"] for s in sections) + sum(g["capacity"] for g in ga),
+        "webhook": {"url": _webhook(row)["url"]} if _webhook(row) else None,
         "created_at": row["created_at"].isoformat(),
     }
 
 
 async def _load(conn: asyncpg.Connection | asyncpg.Pool, event_id: int, organisation_id: int | None
                 ) -> asyncpg.Record:
-    row = await conn.fetchrow("SELECT * FROM events WHERE id = $1", event_id)
+    # Every column but the (large) settings document, of which only the webhook is needed here.
+    row = await conn.fetchrow(
+        """SELECT id, organisation_id, name, venue, starts_at, currency, status, hold_ttl_s, per_buyer_limit,
+                  queue_mode, admission_rate, signing_public_key, signing_private_key, created_at,
+                  settings->'webhook' AS webhook
+           FROM events WHERE id = $1""", event_id)
     # Another organisation's event answers exactly like a missing one.
     if row is None or (organisation_id is not None and row["organisation_id"] != organisation_id):
         raise not_found(event_id)
@@ -171,7 +183,8 @@ async def change_status(pool: asyncpg.Pool, *, redis: Any, scripts: Scripts, pre
             # What checkout needs without Postgres: the event's name, owner and ticket-signing key.
             await redis.hset(event_key(prefix, event_id, "info"), mapping={
                 "name": row["name"], "organisation_id": row["organisation_id"],
-                "signing_private": row["signing_private_key"], "signing_public": row["signing_public_key"]})
+                "signing_private": row["signing_private_key"], "signing_public": row["signing_public_key"],
+                "webhook_url": _webhook(row).get("url", ""), "webhook_secret": _webhook(row).get("secret", "")})
             await ensure_ledger_group(redis, prefix, event_id)
             await redis.hset(event_key(prefix, event_id, "meta"), mapping={
                 "queue_mode": int(row["queue_mode"]), "admission_rate": row["admission_rate"],

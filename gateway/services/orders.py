@@ -34,6 +34,8 @@ class EventInfo:
     organisation_id: int
     private_key: bytes
     public_key: bytes
+    webhook_url: str = ""
+    webhook_secret: str = ""
 
 
 async def event_info(redis: Any, prefix: str, event_id: int, cache: dict[int, EventInfo] | None = None) -> EventInfo:
@@ -43,7 +45,9 @@ async def event_info(redis: Any, prefix: str, event_id: int, cache: dict[int, Ev
     if not raw:
         raise DomainError("event_not_found", "No such event on sale.", details={"event_id": event_id})
     info = EventInfo(event_id=event_id, name=raw[b"name"].decode(), organisation_id=int(raw[b"organisation_id"]),
-                     private_key=raw[b"signing_private"], public_key=raw[b"signing_public"])
+                     private_key=raw[b"signing_private"], public_key=raw[b"signing_public"],
+                     webhook_url=raw.get(b"webhook_url", b"").decode(),
+                     webhook_secret=raw.get(b"webhook_secret", b"").decode())
     if cache is not None:
         cache[event_id] = info
     return info

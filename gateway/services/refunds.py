@@ -18,7 +18,7 @@ def order_not_found(order_id: str) -> DomainError:
 
 
 async def refund_order(*, pool: asyncpg.Pool, scripts: Any, provider: Any, prefix: str, organisation_id: int,
-                       order_id: str, reason: str | None = None) -> dict[str, Any]:
+                       order_id: str, reason: str | None = None, notify_refund: Any = None) -> dict[str, Any]:
     try:
         order_uuid = uuid.UUID(order_id)
     except ValueError:
@@ -43,6 +43,10 @@ async def refund_order(*, pool: asyncpg.Pool, scripts: Any, provider: Any, prefi
                                   refund={"refund_id": refund.refund_id, "payment_id": row["ref"],
                                           "amount_minor": row["total_minor"], "currency": row["currency"].strip(),
                                           "reason": reason, "at_ms": int(time.time() * 1000)})
+    if notify_refund is not None:
+        await notify_refund(row["event_id"], {"order_id": order_id, "event_id": row["event_id"], "status": "refunded",
+                                              "refund_id": refund.refund_id, "amount_minor": row["total_minor"],
+                                              "currency": row["currency"].strip(), "reason": reason})
     return {"order_id": order_id, "status": "refunded", "refund_id": refund.refund_id,
             "amount_minor": row["total_minor"], "currency": row["currency"].strip(),
             "returned_to_sale": len(voided.get("seats") or []) + sum((voided.get("ga") or {}).values())}

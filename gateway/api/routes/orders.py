@@ -16,7 +16,8 @@ from starlette.responses import HTMLResponse
 from gateway.api.deps import OrgDep, RuntimeDep
 from gateway.core.errors import DomainError
 from gateway.services import events as events_service
-from gateway.services import ticketcodes
+from gateway.services import notify, ticketcodes
+from gateway.services.confirmations import send_webhook
 from gateway.services.orders import KEY_ID, event_info, public_ticket, ticket_rows
 from gateway.services.refunds import order_not_found, refund_order
 from gateway.services.snapshots import SnapshotManager
@@ -131,6 +132,32 @@ class RefundBody(BaseModel):
 
 @router.post("/v1/orders/{order_id}/refund", tags=["organiser"])
 async def refund(order_id: str, org: OrgDep, runtime: RuntimeDep, body: RefundBody | None = None) -> Any:
+    async def notify_refund(event_id: int, payload: dict[str, Any]) -> None:
+        try:
+            info = await event_info(runtime.redis, runtime.settings.redis_prefix, event_id)
+            await send_webhook(runtime, info=info, event_type="order.refunded", body=payload)
+        except Exception:  # the refund is done; a webhook never undoes it
+            pass
+
     return await refund_order(pool=await runtime.pg(), scripts=runtime.extras["scripts"],
                               provider=runtime.extras["payments"], prefix=runtime.settings.redis_prefix,
-                              organisation_id=org, order_id=order_id, reason=body.reason if body else None)
+                              organisation_id=org, order_id=order_id, reason=body.reason if body else None,
+                              notify_refund=notify_refund)
+
+
+class ReplayBody(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    ids: Annotated[list[Annotated[str, Field(max_length=64)]], Field(max_length=1000)] | None = None
+
+
+@router.get("/v1/notifications/dead", tags=["organiser"])
+async def dead_letters(org: OrgDep, runtime: RuntimeDep,
+                       limit: Annotated[int, Query(ge=1, le=1000)] = 100) -> Any:
+    """Notifications (e-mails, webhooks) of this organisation that failed every attempt."""
+    return {"dead": await notify.list_dead(runtime, limit=limit, org_id=org)}
+
+
+@router.post("/v1/notifications/dead/replay", tags=["organiser"])
+async def replay_dead_letters(org: OrgDep, runtime: RuntimeDep, body: ReplayBody | None = None) -> Any:
+    """Send this organisation's dead letters again (all, or the listed ids)."""
+    return {"replayed": await notify.replay_dead(runtime, ids=body.ids if body else None, org_id=org)}
