@@ -128,6 +128,12 @@ class Checkout:
         except ProviderUnavailable as exc:
             await self._abort(ctx, hold_id, buyer, key)
             raise exc.to_domain() from None
+        # Money is taken: say so in the record, so that a checkout which dies before `confirm` is
+        # either finished by a retry with the same key or refunded by `recover` — never forgotten.
+        await self.redis.hset(event_key(self.prefix, event_id, "checkouts"), f"{buyer}|{key}", orjson.dumps({
+            "fp": fingerprint(hold_id, body), "state": "paid", "order_id": order_id, "hold_id": hold_id,
+            "payment_id": payment.payment_id, "amount_minor": amount, "currency": layout.currency,
+            "since": time.time()}))
         order = {"payment_id": payment.payment_id, "provider": getattr(self.provider, "name", "simulator"),
                  "amount_minor": amount, "currency": layout.currency, "email": body.get("email"),
                  "idempotency_key": key, "organisation_id": info.organisation_id}
@@ -148,6 +154,36 @@ class Checkout:
             except Exception as exc:  # a notification never fails a sale
                 log.warning("notification not queued", extra={"order_id": order_id, "error": repr(exc)})
         return result
+
+    async def recover(self, event_id: int, *, min_age_s: float = 60.0) -> int:
+        """Refund payments whose checkout died after the payment and before `confirm`, once the hold
+        is gone (it can then never be confirmed). Returns how many were refunded."""
+        records = event_key(self.prefix, event_id, "checkouts")
+        refunded = 0
+        async for field, raw in self.redis.hscan_iter(records, count=500):
+            rec = orjson.loads(raw)
+            if rec.get("state") != "paid" or time.time() - rec.get("since", 0) < min_age_s:
+                continue
+            name = field.decode() if isinstance(field, bytes) else field
+            lock = event_key(self.prefix, event_id, f"cklock:{hashlib.sha1(name.encode()).hexdigest()}")
+            if not await self.redis.set(lock, "recover", nx=True, px=LOCK_MS):
+                continue  # a retry with the same key is running: it will finish the job
+            try:
+                if await self.redis.hget(event_key(self.prefix, event_id, "orders"), rec["order_id"]):
+                    continue  # confirmed after all: a retry with the key answers the order
+                if await self.redis.hexists(event_key(self.prefix, event_id, "hdata"), rec["hold_id"]):
+                    continue  # the hold still lives: the buyer may still retry and get the tickets
+                await self._refund_orphan(event_id, rec["order_id"], rec["hold_id"], rec["payment_id"],
+                                          rec["amount_minor"], rec["currency"], "checkout_interrupted")
+                rec.update(state="failed", error={
+                    "code": "hold_expired", "message": "Your hold ended before the payment completed; the payment "
+                    "was refunded.", "details": {"hold_id": rec["hold_id"], "refunded": True,
+                                                  "reason": "checkout_interrupted"}})
+                await self.redis.hset(records, field, orjson.dumps(rec))
+                refunded += 1
+            finally:
+                await self.redis.delete(lock)
+        return refunded
 
     async def _confirm(self, ctx: dict[str, Any], hold_id: str, buyer: str, order_id: str,
                        order: dict[str, Any]) -> dict[str, Any]:

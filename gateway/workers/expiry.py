@@ -9,8 +9,11 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 
 from gateway.core.runtime import Runtime
+from gateway.providers.payments import build_payment_provider
+from gateway.services.checkout import Checkout
 from gateway.services import inventory
 from gateway.store.keys import on_sale_set
 from gateway.store.scripts import Scripts
@@ -33,14 +36,42 @@ async def sweep_once(runtime: Runtime, scripts: Scripts) -> int:
     return total
 
 
+RECOVER_EVERY_S = 5.0
+
+
+async def recover_once(runtime: Runtime, checkout: Checkout) -> int:
+    total = 0
+    for raw in await runtime.redis.smembers(on_sale_set(runtime.settings.redis_prefix)):
+        total += await checkout.recover(int(raw))
+    return total
+
+
 async def run(runtime: Runtime, stop: asyncio.Event) -> None:
     scripts = Scripts(runtime.redis)
+    # Also refunds payments of checkouts that died between payment and confirm (see Checkout.recover).
+    payments = build_payment_provider(runtime)
+    checkout = Checkout(redis=runtime.redis, scripts=scripts, snapshots=None, provider=payments,
+                        signer=None, prefix=runtime.settings.redis_prefix)
+    last_recover = 0.0
     failing = False
+    try:
+        await _loop(runtime, stop, scripts, checkout, last_recover, failing)
+    finally:
+        await payments.aclose()
+
+
+async def _loop(runtime: Runtime, stop: asyncio.Event, scripts: Scripts, checkout: Checkout, last_recover: float,
+                failing: bool) -> None:
     while not stop.is_set():
         try:
             n = await sweep_once(runtime, scripts)
             if n:
                 log.info("expired holds", extra={"count": n})
+            if time.monotonic() - last_recover > RECOVER_EVERY_S:
+                last_recover = time.monotonic()
+                refunded = await recover_once(runtime, checkout)
+                if refunded:
+                    log.warning("refunded interrupted checkouts", extra={"count": refunded})
             failing = False
         except Exception as exc:  # Redis away: keep trying, log once
             if not failing:

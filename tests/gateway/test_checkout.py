@@ -202,3 +202,57 @@ async def test_refund_returns_seats_and_voids_tickets(client, event, app, pg):
     assert resp.status_code == 404
     listed = await client.get(f"/v1/events/{event['id']}/orders", headers=auth(key))
     assert order["order_id"] in [o["order_id"] for o in listed.json()["orders"]]
+
+
+async def test_redis_failing_between_payment_and_confirm(client, event, app, sim, monkeypatch, redis_sync, settings):
+    """Paid, then Redis fails at confirm: the buyer is told to retry with the same key. If the hold
+    then ends without a retry, recovery refunds the payment; a retry afterwards gets that answer."""
+    from redis.exceptions import ConnectionError as RedisConnectionError
+
+    from gateway.services import checkout as checkout_module
+
+    me = await buyer(client)
+    h = await hold(client, event, me, {"seats": ["B-1-1"]})
+
+    async def broken_confirm(**kwargs):
+        raise RedisConnectionError("connection lost")
+
+    monkeypatch.setattr(checkout_module.inventory, "confirm", broken_confirm)
+    resp = await checkout(client, h["hold_id"], me, key="k-redis-gone")
+    assert resp.status_code == 503 and resp.json()["error"]["code"] == "unavailable", resp.text
+    monkeypatch.undo()
+    assert sim.get("/_stats").json().get("capture") == 1
+    service = app.fastapi.state.runtime.extras["checkout"]
+    assert await service.recover(event["id"], min_age_s=0) == 0, "the hold still lives: no refund yet"
+    # The hold ends (expiry passes) without the buyer coming back.
+    redis_sync.zadd(f"{settings.redis_prefix}:{{ev:{event['id']}}}:holds", {h["hold_id"]: 1})
+    from gateway.services import inventory
+    await inventory.expire(scripts=app.fastapi.state.runtime.extras["scripts"], prefix=settings.redis_prefix,
+                           event_id=event["id"])
+    assert await service.recover(event["id"], min_age_s=0) == 1
+    assert sim.get("/_stats").json().get("refund") == 1
+    again = await checkout(client, h["hold_id"], me, key="k-redis-gone")
+    assert again.status_code == 409 and again.json()["error"]["details"]["refunded"] is True
+    assert await service.recover(event["id"], min_age_s=0) == 0, "refunded once only"
+
+
+async def test_a_retry_after_redis_failure_completes_the_order(client, event, app, sim, monkeypatch):
+    from redis.exceptions import ConnectionError as RedisConnectionError
+
+    from gateway.services import checkout as checkout_module
+
+    me = await buyer(client)
+    h = await hold(client, event, me, {"seats": ["B-1-2"]})
+    real = checkout_module.inventory.confirm
+
+    async def broken_confirm(**kwargs):
+        raise RedisConnectionError("connection lost")
+
+    monkeypatch.setattr(checkout_module.inventory, "confirm", broken_confirm)
+    assert (await checkout(client, h["hold_id"], me, key="k-retry-ok")).status_code == 503
+    monkeypatch.setattr(checkout_module.inventory, "confirm", real)
+    ok = await checkout(client, h["hold_id"], me, key="k-retry-ok")
+    assert ok.status_code == 201, ok.text
+    stats = sim.get("/_stats").json()
+    assert stats.get("authorized") == 1 and stats.get("replayed") == 2 and not stats.get("refund"), \
+        "the retry replays the same payment (idempotency keys), never a second one"
