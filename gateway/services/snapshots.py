@@ -22,7 +22,7 @@ import hotpath
 from gateway.core.errors import DomainError
 from gateway.services import inventory
 from gateway.services.layout import EventLayout
-from gateway.store.keys import event_key, event_keys
+from gateway.store.keys import event_key, event_keys, on_sale_set
 from gateway.store.scripts import Scripts
 
 log = logging.getLogger("flashgate.snapshots")
@@ -30,6 +30,7 @@ log = logging.getLogger("flashgate.snapshots")
 OPS_GA_HELD = {hotpath.OP_HOLD: 1, hotpath.OP_RELEASE: 1, hotpath.OP_EXPIRE: 1, hotpath.OP_SELL: -1}
 # Beyond this many new change records, reloading the bitmaps is cheaper than decoding records.
 MAX_RECORDS = 200
+WARM_EVERY_S = 1.0
 
 
 @dataclass
@@ -87,6 +88,7 @@ class SnapshotManager:
         self.views: dict[int, EventView] = {}
         self._loading: dict[int, asyncio.Future] = {}
         self._task: asyncio.Task | None = None
+        self._stopping = asyncio.Event()
         self.redis_ok = True
 
     # -- access ---------------------------------------------------------------
@@ -192,9 +194,24 @@ class SnapshotManager:
             view.last_id = entries[-1][0].decode() if isinstance(entries[-1][0], bytes) else entries[-1][0]
         return ok
 
+    async def warm(self) -> None:
+        """Load every open event this worker has not seen yet, so the first buyer does not wait for it
+        (an organiser's `open` reaches every worker within a second)."""
+        for raw in await self.redis.smembers(on_sale_set(self.prefix)):
+            event_id = int(raw)
+            if event_id not in self.views and event_id not in self._loading:
+                try:
+                    await self._load(event_id)  # awaited here: cancelled with this loop, never orphaned
+                except DomainError:
+                    pass  # listed but not prepared (yet)
+
     async def run(self) -> None:
-        while True:
+        last_warm = 0.0
+        while not self._stopping.is_set():
             try:
+                if time.monotonic() - last_warm > WARM_EVERY_S:
+                    last_warm = time.monotonic()
+                    await self.warm()
                 await self.refresh_all()
                 self.redis_ok = True
             except asyncio.CancelledError:
@@ -203,20 +220,33 @@ class SnapshotManager:
                 if self.redis_ok:
                     log.warning("snapshot refresh failed; serving the last snapshot", extra={"error": repr(exc)})
                 self.redis_ok = False
-            await asyncio.sleep(self.refresh_s)
+            try:
+                await asyncio.wait_for(self._stopping.wait(), self.refresh_s)
+            except asyncio.TimeoutError:
+                pass
 
     def start(self) -> None:
         if self._task is None:
+            self._stopping = asyncio.Event()
             self._task = asyncio.get_running_loop().create_task(self.run())
 
     async def stop(self) -> None:
-        if self._task is not None:
+        """Let the loop finish its round (cancelling a Redis command half-way can leave the client
+        waiting on a dead connection), then cancel it if it does not within a few seconds."""
+        if self._task is None:
+            return
+        self._stopping.set()
+        try:
+            await asyncio.wait_for(asyncio.shield(self._task), 5.0)
+        except (asyncio.TimeoutError, asyncio.CancelledError):
             self._task.cancel()
             try:
                 await self._task
             except asyncio.CancelledError:
                 pass
-            self._task = None
+        except Exception:
+            pass
+        self._task = None
 
 
 __all__ = ["SnapshotManager", "EventView", "event_keys"]
