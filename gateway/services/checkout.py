@@ -23,6 +23,7 @@ from redis.exceptions import RedisError
 from gateway.core.errors import DomainError
 from gateway.providers.payments import PaymentDeclined, ProviderUnavailable
 from gateway.services import inventory
+from gateway.services.queue_admin import report_checkout_latency
 from gateway.services.orders import event_info, order_id_for, order_total, public_ticket, ticket_rows
 from gateway.store.keys import event_key
 
@@ -85,6 +86,7 @@ class Checkout:
             if raw is None:
                 await self.redis.hset(records, field, orjson.dumps({"fp": fp, "state": "started",
                                                                     "order_id": order_id}))
+            started = time.monotonic()
             try:
                 result = await self._run(event_id=event_id, hold_id=hold_id, buyer=buyer, key=key, body=body,
                                          order_id=order_id)
@@ -96,6 +98,11 @@ class Checkout:
                 raise
             await self.redis.hset(records, field, orjson.dumps({"fp": fp, "state": "done", "order_id": order_id,
                                                                 "result": result}))
+            try:  # the waiting room slows admission when checkouts get slow (backpressure)
+                await report_checkout_latency(redis=self.redis, prefix=self.prefix, event_id=event_id,
+                                              ms=(time.monotonic() - started) * 1000)
+            except RedisError:
+                pass
             return result
         finally:
             try:

@@ -76,7 +76,7 @@ def own_postgres(tmp_root):
 async def test_sales_survive_a_postgres_outage(own_postgres, settings, payment_simulator, tmp_root):
     db_url = own_postgres.url("postgres")
     await migrate(db_url)
-    local = settings.model_copy(update={"database_url": db_url, "redis_prefix": settings.redis_prefix + "pgout"})
+    local = settings.model_copy(update={"database_url": db_url, "redis_prefix": settings.redis_prefix + ":pgout"})
     app = create_app(local)
     async with app.fastapi.router.lifespan_context(app.fastapi):
         transport = httpx.ASGITransport(app=app, raise_app_exceptions=False)
