@@ -13,7 +13,6 @@ import time
 from typing import Any
 
 import orjson
-from redis.exceptions import NoScriptError
 
 from gateway.api.edge import BodyTooLarge, Receive, Send, send_json
 from gateway.core.errors import DomainError
@@ -22,7 +21,6 @@ from gateway.services import inventory
 from gateway.services.snapshots import EventView, SnapshotManager
 from gateway.services.tokens import TokenSigner, bearer
 from gateway.store.keys import event_keys
-from gateway.store.scripts import parse_reply
 
 BEST_ROUNDS = 3
 BEST_CANDIDATES = 4
@@ -204,13 +202,9 @@ class FastRoutes:
             taken = [s for s, i in zip(seats, indices) if view.snap.is_sold(i)]
             raise DomainError("seat_unavailable", "Some of the requested seats are no longer available.",
                               details={"seats": taken})
-        keys, args = event_keys(self.prefix, event_id), [hold_id, buyer, len(indices), *indices]
         try:
-            try:
-                raw = await self.scripts.batched("hold", keys, args)
-            except NoScriptError:  # Redis lost its scripts (restart): raw() loads them again
-                raw = await self.scripts.raw("hold", keys, args)
-            return inventory.raise_for(parse_reply(raw))
+            return inventory.raise_for(await self.scripts.call_batched(
+                "hold", event_keys(self.prefix, event_id), [hold_id, buyer, len(indices), *indices]))
         except DomainError as err:
             self._labels(view, err)
             raise

@@ -38,6 +38,20 @@ def fingerprint(hold_id: str, body: dict[str, Any]) -> str:
     return hashlib.sha256(orjson.dumps({"hold": hold_id, "body": body}, option=orjson.OPT_SORT_KEYS)).hexdigest()
 
 
+def _settled(raw: bytes, fp: str, key: str) -> dict[str, Any] | None:
+    """The stored answer of a finished attempt (or its stored refusal, raised); None while unfinished."""
+    rec = orjson.loads(raw)
+    if rec["fp"] != fp:
+        raise DomainError("idempotency_conflict", "This Idempotency-Key was used with another request.",
+                          details={"idempotency_key": key}, status=422)
+    if rec["state"] == "done":
+        return rec["result"]
+    if rec["state"] == "failed":
+        err = rec["error"]
+        raise DomainError(err["code"], err["message"], details=err["details"])
+    return None
+
+
 class Checkout:
     """Per-process checkout service (holds the provider and small caches)."""
 
@@ -65,16 +79,8 @@ class Checkout:
         deadline = time.monotonic() + WAIT_FOR_OTHER_S
         while True:
             raw = await self.redis.hget(records, field)
-            if raw is not None:
-                rec = orjson.loads(raw)
-                if rec["fp"] != fp:
-                    raise DomainError("idempotency_conflict", "This Idempotency-Key was used with another request.",
-                                      details={"idempotency_key": key}, status=422)
-                if rec["state"] == "done":
-                    return rec["result"]
-                if rec["state"] == "failed":
-                    err = rec["error"]
-                    raise DomainError(err["code"], err["message"], details=err["details"])
+            if raw is not None and (answer := _settled(raw, fp, key)) is not None:
+                return answer
             token = os.urandom(8).hex()
             if await self.redis.set(lock, token, nx=True, px=LOCK_MS):
                 break
@@ -83,13 +89,16 @@ class Checkout:
                                   headers={"Retry-After": "1"})
             await asyncio.sleep(0.05)
         try:
-            if raw is None:
-                await self.redis.hset(records, field, orjson.dumps({"fp": fp, "state": "started",
-                                                                    "order_id": order_id}))
+            if raw is None and not await self.redis.hsetnx(records, field, orjson.dumps(
+                    {"fp": fp, "state": "started", "order_id": order_id})):
+                # Another attempt wrote its record (and let go of the lock) since we looked: follow it.
+                raw = await self.redis.hget(records, field)
+                if (answer := _settled(raw, fp, key)) is not None:
+                    return answer
             started = time.monotonic()
             try:
                 result = await self._run(event_id=event_id, hold_id=hold_id, buyer=buyer, key=key, body=body,
-                                         order_id=order_id)
+                                         order_id=order_id, resumed=raw is not None)
             except DomainError as err:
                 if err.code in FINAL_CODES:
                     await self.redis.hset(records, field, orjson.dumps({
@@ -112,13 +121,14 @@ class Checkout:
                 pass
 
     async def _run(self, *, event_id: int, hold_id: str, buyer: str, key: str, body: dict[str, Any],
-                   order_id: str) -> dict[str, Any]:
+                   order_id: str, resumed: bool) -> dict[str, Any]:
         view = await self.snapshots.get(event_id)
         layout = view.layout
         info = await event_info(self.redis, self.prefix, event_id, self.infos)
         ctx = {"scripts": self.scripts, "prefix": self.prefix, "event_id": event_id}
-        # A crashed attempt may have confirmed already: then only the answer is missing.
-        done = await self.redis.hget(event_key(self.prefix, event_id, "orders"), order_id)
+        # A resumed attempt (a record exists) may have confirmed already: then only the answer is missing.
+        # A first attempt cannot have, and skips the lookup.
+        done = await self.redis.hget(event_key(self.prefix, event_id, "orders"), order_id) if resumed else None
         if done is not None:
             return self._answer(event_id, order_id, orjson.loads(done), layout, info, body)
         hold = await inventory.begin_checkout(**ctx, hold_id=hold_id, buyer=buyer, checkout_key=key)

@@ -22,9 +22,13 @@ def order_id_for(event_id: int, hold_id: str, buyer: str, idempotency_key: str) 
     return str(uuid.uuid5(ORDER_NS, f"{event_id}|{hold_id}|{buyer}|{idempotency_key}"))
 
 
+def ticket_id_hex(order_id: str, serial: int) -> str:
+    """md5 of "<order id>:<serial>": a ticket id as 32 hex digits (Postgres reads it as a uuid)."""
+    return hashlib.md5(f"{order_id}:{serial}".encode()).hexdigest()
+
+
 def ticket_id_for(order_id: str, serial: int) -> str:
-    """md5 of "<order id>:<serial>" as a UUID: the same as Postgres' `md5(...)::uuid`."""
-    return str(uuid.UUID(hashlib.md5(f"{order_id}:{serial}".encode()).hexdigest()))
+    return str(uuid.UUID(ticket_id_hex(order_id, serial)))
 
 
 @dataclass

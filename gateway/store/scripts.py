@@ -92,9 +92,8 @@ class Scripts:
         return parse_reply(await self.raw(name, keys, args))
 
     def batched(self, name: str, keys: list[str], args: list[Any]) -> "asyncio.Future[Any]":
-        """Queue a call for the pipeline sent at the end of this loop tick; returns the raw reply future."""
-        if self.wire is not None:
-            return self.wire.call(self._encode(self.scripts[name], keys, args))
+        """Queue a call for the redis-py pipeline sent at the end of this loop tick (used when there is
+        no wire connection, e.g. on a Redis Cluster); returns the raw reply future."""
         loop = asyncio.get_running_loop()
         fut = loop.create_future()
         self._pending.append((self.scripts[name], len(keys), [*keys, *args], fut))

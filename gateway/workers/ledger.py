@@ -24,6 +24,7 @@ import orjson
 from redis.exceptions import ResponseError
 
 from gateway.core.runtime import Runtime
+from gateway.services.orders import ticket_id_hex
 from gateway.store.keys import LEDGER_GROUP, event_key, ledger_set
 
 log = logging.getLogger("flashgate.ledger")
@@ -83,8 +84,8 @@ class LedgerWriter:
             kinds += [(None, code)] * int(ga[code])
         for i, (seat, ga_type) in enumerate(kinds):
             serial = int(d["serial_start"]) + i
-            self.tickets.append((hashlib.md5(f"{order_id}:{serial}".encode()).hexdigest(), order_id, self.event_id,
-                                 serial, seat, ga_type, at))  # = ticket_id_for(), as 32 hex digits
+            self.tickets.append((ticket_id_hex(order_id, serial), order_id, self.event_id, serial, seat, ga_type,
+                                 at))
 
     def _orphan(self, d: dict[str, Any]) -> None:
         at = d.get("at_ms") or int(time.time() * 1000)
