@@ -1,15 +1,24 @@
-"""Build the optional Cython extension of ``hotpath`` (metadata lives in pyproject.toml).
+"""Build the optional Cython extension of ``hotpath`` and ship the top-level resource
+directories inside the package (metadata lives in pyproject.toml).
 
 A missing Cython, a missing C compiler or a failed compile never fails the install: one
 warning line is printed and ``hotpath`` falls back to its pure-Python twin.
 Set ``FLASHGATE_HOTPATH_DEBUG=1`` to compile with Cython's bounds and wraparound checks.
+
+``lua/`` and ``migrations/`` stay at the top level of the repository (the documented
+layout); ``build_py`` copies them into the wheel as ``gateway/_resources/lua/**`` and
+``gateway/_resources/migrations/*.sql``, and lists them as sources so an sdist carries
+them too. ``gateway.core.resources`` finds either copy.
 """
 
+import glob
 import os
+import shutil
 import sys
 
 from setuptools import Extension, setup
 from setuptools.command.build_ext import build_ext
+from setuptools.command.build_py import build_py
 
 DEBUG = os.environ.get("FLASHGATE_HOTPATH_DEBUG", "") not in ("", "0")
 DIRECTIVES = {
@@ -66,4 +75,51 @@ class OptionalBuildExt(build_ext):
             _warn(f"{ext.name}: {type(exc).__name__}: {exc}")
 
 
-setup(ext_modules=_extensions(), cmdclass={"build_ext": OptionalBuildExt})
+# Top-level directory -> glob patterns (relative to it) shipped under gateway/_resources/<directory>/.
+RESOURCES = {
+    "lua": ("*.lua", "lib/*.lua"),  # lib/ holds the files pulled in by `--!include name` lines
+    "migrations": ("*.sql",),
+}
+RESOURCES_TARGET = os.path.join("gateway", "_resources")
+
+
+def _resource_files():
+    """Paths relative to setup.py ("lua/lib/common.lua", ...) of every resource file, sorted."""
+    found = set()
+    for directory, patterns in RESOURCES.items():
+        files = [path for pattern in patterns for path in glob.glob(os.path.join(directory, pattern))
+                 if os.path.isfile(path)]
+        if not files:
+            raise SystemExit(f"setup.py: no {directory}/ files next to setup.py; cannot ship them in the package")
+        found.update(path.replace(os.sep, "/") for path in files)
+    return sorted(found)
+
+
+class BuildPyWithResources(build_py):
+    """build_py that also copies lua/ and migrations/ into gateway/_resources/ of the build."""
+
+    def _resource_mapping(self):
+        """Build-directory target -> source, e.g. build/lib/gateway/_resources/lua/hold.lua -> lua/hold.lua."""
+        return {os.path.join(self.build_lib, RESOURCES_TARGET, *path.split("/")): path for path in _resource_files()}
+
+    def run(self):
+        super().run()
+        if self.editable_mode:  # an editable install reads the checkout's own lua/ and migrations/
+            return
+        # Start from an empty gateway/_resources/: a file deleted from lua/ must not linger in a reused build/.
+        shutil.rmtree(os.path.join(self.build_lib, RESOURCES_TARGET), ignore_errors=True)
+        for target, source in self._resource_mapping().items():
+            self.mkpath(os.path.dirname(target))
+            self.copy_file(source, target, preserve_mode=False)
+
+    def get_outputs(self, include_bytecode=True):
+        outputs = super().get_outputs(include_bytecode)
+        if self.editable_mode:
+            return outputs
+        return outputs + list(self._resource_mapping())
+
+    def get_source_files(self):  # sdist: include the resource directories
+        return super().get_source_files() + _resource_files()
+
+
+setup(ext_modules=_extensions(), cmdclass={"build_ext": OptionalBuildExt, "build_py": BuildPyWithResources})

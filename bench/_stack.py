@@ -24,7 +24,7 @@ sys.path.insert(0, str(ROOT))
 
 from gateway.core.config import Settings  # noqa: E402
 from gateway.db.migrate import migrate  # noqa: E402
-from gateway.services.orgs import create_organisation  # noqa: E402
+from gateway.organisers.orgs import create_organisation  # noqa: E402
 from gateway.stack.embedded import PostgresServer, RedisServer, free_port, spawn, stop_process  # noqa: E402
 
 

@@ -22,7 +22,7 @@ import httpx
 from _stack import bench_stack, gateway, new_org_key, wrk
 
 from gateway.providers.simulator import start_simulator_process
-from gateway.services.tokens import TokenSigner
+from gateway.core.tokens import TokenSigner
 from gateway.stack.embedded import stop_process
 
 WRK_SCRIPT = r"""

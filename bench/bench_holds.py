@@ -32,7 +32,7 @@ from _stack import bench_stack, gateway, new_org_key, wrk
 
 from gateway.store.keys import event_keys
 from gateway.store.scripts import Scripts, load_source
-from gateway.services.tokens import TokenSigner
+from gateway.core.tokens import TokenSigner
 
 SECTIONS, ROWS, SEATS = 100, 50, 40  # 200,000 seats
 

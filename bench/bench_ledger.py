@@ -20,11 +20,10 @@ import orjson
 from _stack import bench_stack
 
 from gateway.core.runtime import Runtime
-from gateway.services import events
-from gateway.services.event_spec import EventSpec
-from gateway.services.orgs import create_organisation
+from gateway.organisers import events
+from gateway.organisers.event_spec import EventSpec
+from gateway.organisers.orgs import create_organisation
 from gateway.store.keys import event_key
-from gateway.store.scripts import Scripts
 from gateway.workers.ledger import LedgerWorker
 
 TICKETS_PER_ORDER = 2
@@ -41,9 +40,7 @@ async def run(settings, orders: int, repeat: int) -> list[tuple[float, float]]:
                                          "ga": [{"code": "ga", "name": "GA", "capacity": 10_000_000,
                                                  "price_minor": 1000}]})
         event = await events.create_event(pool, organisation_id=org.id, spec=spec)
-        await events.change_status(pool, redis=runtime.redis, scripts=Scripts(runtime.redis),
-                                   prefix=settings.redis_prefix, organisation_id=org.id, event_id=event["id"],
-                                   action="open")
+        await events.EventAdmin(runtime).change_status(org.id, event["id"], "open")
         stream = event_key(settings.redis_prefix, event["id"], "ledger")
         now = int(time.time() * 1000)
         pipe = runtime.redis.pipeline(transaction=False)

@@ -31,7 +31,7 @@ import redis
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from gateway.core.config import Settings  # noqa: E402
-from gateway.services.tokens import TokenSigner  # noqa: E402
+from gateway.core.tokens import TokenSigner  # noqa: E402
 from gateway.stack.embedded import PostgresServer, RedisServer, free_port, spawn, stop_process  # noqa: E402
 
 EVENT_ID = 1

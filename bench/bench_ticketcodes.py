@@ -8,7 +8,7 @@ from __future__ import annotations
 import sys
 import time
 
-from gateway.services import ticketcodes as tc
+from gateway.orders import ticketcodes as tc
 
 
 def main(n: int = 20_000) -> None:

@@ -9,7 +9,8 @@ import os
 import sys
 from pathlib import Path
 
-from gateway.core.config import PROJECT_ROOT, Settings
+from gateway.core.config import Settings
+from gateway.core.resources import IMPORT_ROOT
 
 
 def _settings() -> Settings:
@@ -57,9 +58,11 @@ def cmd_serve(args: argparse.Namespace) -> int:
     settings = _resolve_urls(_settings())
     os.environ["REDIS_URL"] = settings.redis_url or ""
     os.environ["DATABASE_URL"] = settings.database_url or ""
+    # granian only puts working_dir first on the workers' sys.path (no chdir): the directory this `gateway`
+    # was imported from (the checkout, or site-packages when installed), so workers import the same copy.
     server = Granian("gateway.api.app:app_factory", factory=True, interface="asgi", address=args.host,
                      port=args.port, workers=args.workers, loop="uvloop", log_access=False,
-                     backlog=4096, working_dir=PROJECT_ROOT, respawn_failed_workers=True)
+                     backlog=4096, working_dir=IMPORT_ROOT, respawn_failed_workers=True)
     server.serve()
     return 0
 
@@ -96,7 +99,7 @@ def cmd_worker(args: argparse.Namespace) -> int:
 def cmd_org_create(args: argparse.Namespace) -> int:
     import asyncpg
 
-    from gateway.services.orgs import create_organisation
+    from gateway.organisers.orgs import create_organisation
 
     settings = _resolve_urls(_settings())
 
@@ -116,7 +119,7 @@ def cmd_org_create(args: argparse.Namespace) -> int:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    from gateway.services.demo import create_demo
+    from gateway.organisers.demo import create_demo
 
     settings = _resolve_urls(_settings())
     result = asyncio.run(create_demo(settings, gateway_url=args.gateway_url))
@@ -132,7 +135,7 @@ def cmd_audit(args: argparse.Namespace) -> int:
     import asyncpg
 
     from gateway.core.runtime import redis_client
-    from gateway.services.audit import audit_event, format_report
+    from gateway.organisers.audit import audit_event, format_report
 
     settings = _resolve_urls(_settings())
 

@@ -16,6 +16,8 @@
 -- Keeps: one writer (the lease holder) per event; upto only grows; every place up to upto has its
 -- fate written once (admitted at t, or skipped because it stopped polling for longer than stall s).
 
+--!include prequeue
+
 local K_LEASE, K_STATE, K_SEEN, K_FATE, K_SEED = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]
 local K_META, K_SOLD, K_HELD, K_HOLDS, K_GA = KEYS[6], KEYS[7], KEYS[8], KEYS[9], KEYS[10]
 
@@ -45,12 +47,7 @@ local now_ms = now_s * 1000 + math.floor(tonumber(t[2]) / 1000)
 if redis.call('HSETNX', K_STATE, 'epoch', now_s) == 1 then
   redis.call('HSET', K_STATE, 'seq', 0, 'upto', 0, 'last', now_ms)
 end
-if status == 'on_sale' and not redis.call('HGET', K_STATE, 'opened') then
-  local seq = tonumber(redis.call('HGET', K_STATE, 'seq')) or 0
-  local seed = redis.call('GET', K_SEED) or ''
-  if seed == '' then seq = 0 end
-  redis.call('HSET', K_STATE, 'opened', now_s, 'pre', seq, 'seed', seed, 'last', now_ms)
-end
+if status == 'on_sale' then freeze_prequeue(K_STATE, K_SEED, now_s, now_ms) end
 local s = redis.call('HMGET', K_STATE, 'epoch', 'opened', 'pre', 'upto', 'seq', 'last', 'credit', 'recent',
                      'mrate', 'arate', 'checkout_ms')
 local epoch, opened, pre = tonumber(s[1]), tonumber(s[2]), tonumber(s[3]) or 0

@@ -6,13 +6,12 @@
 -- Returns 1 when this call closed the pre-queue, else 0.
 -- Keeps: the pre-queue closes once; joins after it get places after every pre-queue place.
 
+--!include prequeue
+
 local K_META, K_STATE, K_SEED = KEYS[1], KEYS[2], KEYS[3]
 if redis.call('HGET', K_META, 'status') ~= 'on_sale' then return 0 end
-if redis.call('EXISTS', K_STATE) == 0 or redis.call('HGET', K_STATE, 'opened') then return 0 end
+if redis.call('EXISTS', K_STATE) == 0 then return 0 end
 local t = redis.call('TIME')
-local seq = tonumber(redis.call('HGET', K_STATE, 'seq')) or 0
-local seed = redis.call('GET', K_SEED) or ''
-if seed == '' then seq = 0 end
-redis.call('HSET', K_STATE, 'opened', tonumber(t[1]), 'pre', seq, 'seed', seed,
-           'last', tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000))
-return 1
+local now_s = tonumber(t[1])
+if freeze_prequeue(K_STATE, K_SEED, now_s, now_s * 1000 + math.floor(tonumber(t[2]) / 1000)) then return 1 end
+return 0

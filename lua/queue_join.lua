@@ -16,6 +16,8 @@
 -- counter, so after opening admission order is join order; the pre-queue is frozen (size fixed, seed
 -- revealed) by the first script that sees the sale open, atomically with that observation.
 
+--!include prequeue
+
 local K_META, K_STATE, K_WHO, K_SEEN, K_FATE, K_SEED = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6]
 
 local function reply(status, detail)
@@ -34,7 +36,7 @@ local function over(key, limit, window)
 end
 
 -- Keyed permutation of [0, size): a 6-round Feistel network (round function: SHA-1 of
--- seed:round:half) with cycle walking. gateway/services/queue_shuffle.py is its twin.
+-- seed:round:half) with cycle walking. gateway/waiting_room/shuffle.py is its twin.
 local function perm(seed, size, x)
   local h = 1
   while 4 ^ h < size do h = h + 1 end
@@ -75,10 +77,7 @@ if redis.call('HSETNX', K_STATE, 'epoch', now_s) == 1 then
 end
 local s = redis.call('HMGET', K_STATE, 'epoch', 'opened', 'pre', 'seed', 'upto', 'sold_out')
 if status == 'on_sale' and not s[2] then
-  local seq = tonumber(redis.call('HGET', K_STATE, 'seq')) or 0
-  local seed = redis.call('GET', K_SEED) or ''
-  if seed == '' then seq = 0 end
-  redis.call('HSET', K_STATE, 'opened', now_s, 'pre', seq, 'seed', seed, 'last', now_s * 1000)
+  freeze_prequeue(K_STATE, K_SEED, now_s, now_s * 1000)
   s = redis.call('HMGET', K_STATE, 'epoch', 'opened', 'pre', 'seed', 'upto', 'sold_out')
 end
 if s[6] == '1' then return reply('sold_out', {}) end

@@ -23,7 +23,7 @@ import httpx
 import pytest
 import redis
 
-from gateway.core.config import Settings
+from gateway.core.config import ProviderSettings, Settings
 from gateway.db.migrate import migrate
 from gateway.stack.embedded import MissingBinary, PostgresServer, RedisServer
 from tests.utils.servers import delete_prefix, drop_database, run_async
@@ -112,9 +112,11 @@ def redis_prefix(redis_server_url: str, run_id: str) -> Iterator[str]:
 
 
 @pytest.fixture(scope="session")
-def settings(redis_server_url: str, database_url: str, redis_prefix: str, tmp_root: Path) -> Settings:
+def settings(redis_server_url: str, database_url: str, redis_prefix: str, tmp_root: Path,
+             payment_simulator: str) -> Settings:
     return Settings(environment="test", redis_url=redis_server_url, database_url=database_url,
-                    redis_prefix=redis_prefix, data_dir=tmp_root / "data", secret_key="test-" + "x" * 40)
+                    redis_prefix=redis_prefix, data_dir=tmp_root / "data", secret_key="test-" + "x" * 40,
+                    payments=ProviderSettings(url=payment_simulator, breaker_reset_s=1))
 
 
 @pytest.fixture

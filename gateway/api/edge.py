@@ -2,7 +2,7 @@
 
 It gives every response a request id, refuses oversized bodies (413) and
 non-JSON bodies (415) before any parsing, answers the hot routes itself
-(registered by the services; FastAPI costs more per request than the work of
+(gateway/api/hot.py; FastAPI costs more per request than the work of
 those routes), and turns any escaped exception into the common error shape.
 """
 
@@ -12,10 +12,15 @@ import logging
 import os
 import re
 from collections.abc import Awaitable, Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from gateway.core.errors import DomainError, error_body
+from redis.exceptions import RedisError
+
+from gateway.core.errors import DomainError, error_body, store_unavailable
 from gateway.core.logs import request_id_var
+
+if TYPE_CHECKING:
+    from gateway.api.hot import HotRoutes
 
 log = logging.getLogger("flashgate.edge")
 
@@ -52,10 +57,10 @@ async def send_error(send: Send, err: DomainError, request_id: str) -> None:
 
 
 class Edge:
-    def __init__(self, app: ASGIApp, *, max_body: int) -> None:
+    def __init__(self, app: ASGIApp, *, max_body: int, hot: HotRoutes | None = None) -> None:
         self.app = app
         self.max_body = max_body
-        self.fast: Any = None  # FastRoutes, set once the runtime exists (app lifespan)
+        self.hot = hot
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -85,8 +90,8 @@ class Edge:
                     raise DomainError("unsupported_media_type",
                                       "Send the request body as JSON with Content-Type: application/json.",
                                       details={"content_type": content_type.decode(errors="replace")})
-            fast = self.fast
-            route = fast.match(scope["method"], scope["path"]) if fast is not None else None
+            hot = self.hot
+            route = hot.match(scope["method"], scope["path"]) if hot is not None else None
         except DomainError as err:
             await send_error(send, err, request_id)
             return
@@ -100,6 +105,10 @@ class Edge:
                 await send_error(send, err, request_id)
             except BodyTooLarge:
                 await send_error(send, self._too_large(), request_id)
+            except RedisError as exc:  # Redis down or slower than the budget: 503, never a hang or a 500
+                log.warning("Redis unavailable", extra={"path": scope.get("path"), "request_id": request_id,
+                                                        "error": repr(exc)})
+                await send_error(send, store_unavailable(), request_id)
             except Exception:
                 log.exception("unhandled error", extra={"path": scope.get("path"), "request_id": request_id})
                 await send_error(send, _internal(request_id), request_id)

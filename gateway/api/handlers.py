@@ -9,7 +9,9 @@ from fastapi.exceptions import RequestValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import Response
 
-from gateway.core.errors import DomainError, error_body
+from redis.exceptions import RedisError
+
+from gateway.core.errors import DomainError, error_body, store_unavailable
 
 log = logging.getLogger("flashgate.api")
 
@@ -53,6 +55,12 @@ async def http_error(request: Request, exc: Exception) -> Response:
     return _json(exc.status_code, error_body(code, message), dict(exc.headers or {}))
 
 
+async def redis_error(request: Request, exc: Exception) -> Response:
+    log.warning("Redis unavailable", extra={"path": request.url.path, "error": repr(exc)})
+    err = store_unavailable()
+    return _json(err.status, error_body(err.code, err.message, err.details), err.headers)
+
+
 async def unhandled(request: Request, exc: Exception) -> Response:
     log.exception("unhandled error", exc_info=exc)
     return _json(500, error_body("internal_error", "Something went wrong on our side; the request id "
@@ -63,4 +71,5 @@ def install(app: FastAPI) -> None:
     app.add_exception_handler(DomainError, domain_error)
     app.add_exception_handler(RequestValidationError, validation_error)
     app.add_exception_handler(StarletteHTTPException, http_error)
+    app.add_exception_handler(RedisError, redis_error)
     app.add_exception_handler(Exception, unhandled)

@@ -15,8 +15,18 @@ from typing import Literal
 from pydantic import Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from gateway.core.resources import IN_SOURCE_CHECKOUT
+
 DEV_SECRET_PREFIX = "dev-"
-PROJECT_ROOT = Path(__file__).resolve().parents[2]
+PROJECT_ROOT = Path(__file__).resolve().parents[2]  # the checkout; site-packages when installed from a wheel
+
+
+def _default_data_dir() -> Path:
+    """`var/` of the source checkout; an installed copy never writes into site-packages: `<cwd>/var`."""
+    if IN_SOURCE_CHECKOUT:
+        return PROJECT_ROOT / "var"
+    return Path.cwd() / "var"
+
 
 # Secrets: in production each must be set and must not look like a development value.
 SECRET_FIELDS = ("secret_key",)
@@ -24,6 +34,51 @@ SECRET_FIELDS = ("secret_key",)
 
 class SettingsError(ValueError):
     pass
+
+
+class ProviderSettings(BaseSettings):
+    """Payment-provider settings (FLASHGATE_PAYMENTS_*)."""
+
+    model_config = SettingsConfigDict(env_prefix="FLASHGATE_PAYMENTS_", env_file=".env", extra="ignore")
+
+    url: str = "http://127.0.0.1:8099"
+    timeout_s: float = 2.0  # whole budget of one operation, retries included
+    connect_timeout_s: float = 0.5
+    max_concurrency: int = 64
+    acquire_timeout_s: float = 0.05
+    breaker_fail_max: int = 5
+    breaker_reset_s: float = 10.0
+    retry_attempts: int = 3
+    retry_initial_s: float = 0.05
+    retry_max_s: float = 0.5
+
+
+class NotifySettings(BaseSettings):
+    """Notification delivery settings (FLASHGATE_NOTIFY_*)."""
+
+    model_config = SettingsConfigDict(env_prefix="FLASHGATE_NOTIFY_", env_file=".env", extra="ignore")
+
+    smtp_host: str = "127.0.0.1"
+    smtp_port: int = 1025
+    smtp_from: str = "Flashgate <tickets@flashgate.local>"
+    smtp_username: str | None = None
+    smtp_password: str | None = None
+    smtp_starttls: bool = False
+    smtp_timeout_s: float = 5.0
+    smtp_max_concurrency: int = 8
+    webhook_timeout_s: float = 5.0
+    webhook_max_concurrency: int = 8  # per destination host
+    # A worker waits for a bulkhead slot rather than failing at once: it is not serving a buyer.
+    acquire_timeout_s: float = 10.0
+    max_attempts: int = 5
+    backoff_base_s: float = 2.0  # attempt n waits base * 2**(n-1), with up to 25 % jitter
+    backoff_max_s: float = 900.0
+    breaker_fail_max: int = 5
+    breaker_reset_s: float = 30.0
+    batch: int = 32
+    block_ms: int = 500
+    claim_idle_s: float = 60.0  # a pending entry idle this long belongs to a dead consumer
+    claim_every_s: float = 5.0
 
 
 class Settings(BaseSettings):
@@ -46,19 +101,24 @@ class Settings(BaseSettings):
     # HMAC key for buyer, queue, admission and order tokens; required in production.
     secret_key: str | None = None
 
-    data_dir: Path = PROJECT_ROOT / "var"
+    data_dir: Path = Field(default_factory=_default_data_dir)
     host: str = "127.0.0.1"
     port: int = 8000
     workers: int = 2
     log_level: str = "INFO"
 
+    # Every Redis command (waiting for a pooled connection included) answers within this budget,
+    # else the request gets 503 with Retry-After; a stalled Redis never hangs a request.
+    redis_timeout_s: float = 1.0
+    redis_max_connections: int = 64          # redis-py pool per process (callers queue for a connection)
+    pg_pool_size: int = 10
+
     max_body_bytes: int = 1_048_576
     snapshot_refresh_s: float = 0.1
     snapshot_stale_after_s: float = 10.0
 
-    # Inventory defaults (an event may override).
-    default_hold_ttl_s: int = 600
-    default_per_buyer_limit: int = 8
+    # Per event: hold TTL and per-buyer limit are part of the event body (defaults and bounds in
+    # gateway/organisers/event_spec.py); this bounds one hold request.
     max_seats_per_hold: int = 50
 
     # Waiting room (docs/waiting-room.md).
@@ -80,6 +140,18 @@ class Settings(BaseSettings):
     queue_join_per_ip_per_s: float = 10.0      # in-process, per worker (burst 5x)
     queue_join_per_ip_per_min: int = 120       # Redis counter, per event
     queue_join_per_buyer_per_min: int = 10     # Redis counter, per event
+
+    # Sections with their own variable prefix (FLASHGATE_PAYMENTS_*, FLASHGATE_NOTIFY_*).
+    payments: ProviderSettings = Field(default_factory=ProviderSettings)
+    notify: NotifySettings = Field(default_factory=NotifySettings)
+
+    # Ledger worker (docs/checkout.md, "Ledger worker"): FLASHGATE_LEDGER_*.
+    ledger_batch: int = 1000                   # entries per read and per Postgres transaction
+    ledger_consumers: int = 2                  # consumers (consumer-group members) per worker process
+    ledger_claim_idle_ms: int = 15000          # pending this long (a dead consumer's): claimed by another
+    ledger_round_s: float = 5.0                # housekeeping round: claim, prune, on-sale marks, scrub
+    ledger_idle_poll_s: float = 0.2            # idle poll interval (from 20 ms after work, doubling up to it)
+    ledger_scrub_batch: int = 10               # registry events checked per round by the background scrub
 
     @model_validator(mode="after")
     def _secrets(self) -> "Settings":

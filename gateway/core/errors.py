@@ -60,3 +60,9 @@ class DomainError(Exception):
 
 def error_body(code: str, message: str, details: dict[str, Any] | None = None) -> bytes:
     return orjson.dumps({"error": {"code": code, "message": message, "details": details or {}}})
+
+
+def store_unavailable() -> DomainError:
+    """What a buyer sees when Redis does not answer within the request budget (or at all)."""
+    return DomainError("unavailable", "The sale is temporarily unavailable; try again in a moment.",
+                       headers={"Retry-After": "1"})

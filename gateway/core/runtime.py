@@ -1,47 +1,51 @@
-"""Per-process resources: Redis client, Postgres pool, settings.
+"""Per-process resources: settings, the Redis access layer, the Postgres pool.
 
-Created in the app lifespan (and by workers and the CLI). Postgres may be down
-when the gateway starts: the pool connects lazily, and sales do not need it.
+Built once per process (gateway worker, background worker, CLI command) by the
+composition root (`gateway/wiring.py`) and handed to the services that need it.
+Postgres may be down when a process starts: the pool connects lazily, and sales
+do not need it.
 """
 
 from __future__ import annotations
 
 import asyncio
-from dataclasses import dataclass, field
-from typing import Any
 
 import asyncpg
-import redis.asyncio as aioredis
 
 from gateway.core.config import Settings
+from gateway.core.sealing import Sealer
+from gateway.store.redis import RedisStore, redis_client
+
+__all__ = ["Runtime", "RuntimeNotConfigured", "redis_client"]
 
 
 class RuntimeNotConfigured(RuntimeError):
     pass
 
 
-def redis_client(url: str, **kwargs: Any) -> aioredis.Redis:
-    return aioredis.Redis.from_url(url, decode_responses=False, socket_connect_timeout=1.0,
-                                   socket_timeout=kwargs.pop("socket_timeout", 5.0),
-                                   health_check_interval=0, max_connections=kwargs.pop("max_connections", 256),
-                                   **kwargs)
-
-
-@dataclass
 class Runtime:
-    settings: Settings
-    redis: aioredis.Redis
-    _pg: asyncpg.Pool | None = None
-    _pg_lock: asyncio.Lock = field(default_factory=asyncio.Lock)
-    extras: dict[str, Any] = field(default_factory=dict)
+    def __init__(self, settings: Settings, store: RedisStore) -> None:
+        self.settings = settings
+        self.store = store
+        self.redis = store.client
+        self.scripts = store.scripts
+        # Values kept in Redis that must not be readable from a dump (event signing keys).
+        self.sealer = Sealer(settings.secret_bytes)
+        self._pg: asyncpg.Pool | None = None
+        self._pg_lock = asyncio.Lock()
 
     @classmethod
     def from_settings(cls, settings: Settings) -> "Runtime":
         if not settings.redis_url or not settings.database_url:
             raise RuntimeNotConfigured("REDIS_URL and DATABASE_URL must be set (flashgate up sets them)")
-        return cls(settings=settings, redis=redis_client(settings.redis_url))
+        return cls(settings, RedisStore.from_settings(settings))
+
+    @property
+    def prefix(self) -> str:
+        return self.settings.redis_prefix
 
     def key(self, *parts: str) -> str:
+        """A key outside any event (notification streams, breakers): `<prefix>:<part>:...`."""
         return ":".join((self.settings.redis_prefix, *parts))
 
     async def pg(self) -> asyncpg.Pool:
@@ -49,7 +53,8 @@ class Runtime:
         if self._pg is None:
             async with self._pg_lock:
                 if self._pg is None:
-                    self._pg = await asyncpg.create_pool(self.settings.database_url, min_size=0, max_size=10,
+                    s = self.settings
+                    self._pg = await asyncpg.create_pool(s.database_url, min_size=0, max_size=s.pg_pool_size,
                                                          timeout=3.0, command_timeout=10.0)
         return self._pg
 
@@ -57,4 +62,4 @@ class Runtime:
         if self._pg is not None:
             await self._pg.close()
             self._pg = None
-        await self.redis.aclose()
+        await self.store.close()

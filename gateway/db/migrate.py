@@ -1,5 +1,8 @@
 """Forward-only SQL migrations: `migrations/NNNN_name.sql`, applied in order.
 
+The directory comes from gateway.core.resources (the repository's `migrations/`, or the copy
+shipped inside an installed wheel).
+
 Each file runs in its own transaction and is recorded in `schema_migrations`.
 A session-level advisory lock serialises concurrent runs, so two processes
 calling `migrate` at once apply every file exactly once.
@@ -13,9 +16,8 @@ from pathlib import Path
 
 import asyncpg
 
-from gateway.core.config import PROJECT_ROOT
+from gateway.core.resources import MIGRATIONS_DIR
 
-MIGRATIONS_DIR = PROJECT_ROOT / "migrations"
 _LOCK_ID = 0x466C617368  # "Flash"
 _NAME = re.compile(r"^(\d{4})_([a-z0-9_]+)\.sql$")
 

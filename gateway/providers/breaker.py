@@ -204,6 +204,11 @@ class SharedBreaker:
     def _open_error(self) -> BreakerOpen:
         return BreakerOpen(self.name, self.retry_after(), self.remaining_s())
 
+    @property
+    def current_state(self) -> str:
+        """`closed`, `open` or `half-open`, as this process last saw the shared state."""
+        return str(self._cb.current_state)
+
     def is_refusing(self) -> bool:
         """Open and still inside the reset timeout (judged on the mirror, without I/O)."""
         if self.storage.state != STATE_OPEN:

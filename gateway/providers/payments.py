@@ -20,31 +20,13 @@ from typing import Any, Protocol
 import httpx
 import orjson
 import redis.asyncio as aioredis
-from pydantic_settings import BaseSettings, SettingsConfigDict
 from tenacity import (AsyncRetrying, RetryCallState, retry_if_exception_type, wait_exponential,
                       wait_random)
 
-from gateway.core.config import Settings
+from gateway.core.config import ProviderSettings, Settings
 from gateway.core.errors import DomainError
 from gateway.providers.breaker import BreakerOpen, SharedBreaker
 from gateway.providers.bulkhead import Bulkhead, BulkheadFull
-
-
-class ProviderSettings(BaseSettings):
-    """Payment-provider settings (FLASHGATE_PAYMENTS_*)."""
-
-    model_config = SettingsConfigDict(env_prefix="FLASHGATE_PAYMENTS_", env_file=".env", extra="ignore")
-
-    url: str = "http://127.0.0.1:8099"
-    timeout_s: float = 2.0  # whole budget of one operation, retries included
-    connect_timeout_s: float = 0.5
-    max_concurrency: int = 64
-    acquire_timeout_s: float = 0.05
-    breaker_fail_max: int = 5
-    breaker_reset_s: float = 10.0
-    retry_attempts: int = 3
-    retry_initial_s: float = 0.05
-    retry_max_s: float = 0.5
 
 
 @dataclass(frozen=True)
@@ -263,7 +245,7 @@ def build_payment_provider(runtime_or_settings: Any, redis: aioredis.Redis | Non
     redis = redis if redis is not None else getattr(runtime_or_settings, "redis", None)
     if redis is None:
         raise TypeError("build_payment_provider needs a Runtime or a Redis client")
-    ps = provider_settings or ProviderSettings()
+    ps = provider_settings or settings.payments
     inner = SimulatorProvider(ps.url, timeout_s=ps.timeout_s, connect_timeout_s=ps.connect_timeout_s,
                               max_connections=ps.max_concurrency)
     breaker = SharedBreaker("payments", redis=redis, key=f"{settings.redis_prefix}:breaker:payments",

@@ -14,13 +14,11 @@ import logging
 import os
 import socket
 
-from redis.exceptions import NoScriptError
-
 from gateway.core.runtime import Runtime
-from gateway.services.queue_admin import advance_args, advance_keys
-from gateway.services.waiting_room import qkey
-from gateway.store.keys import on_sale_set
-from gateway.store.scripts import Scripts, parse_reply
+from gateway.store.keys import advance_keys, on_sale_set, qkey
+from gateway.store.scripts import parse_reply
+from gateway.waiting_room.admin import advance_args
+from gateway.workers.loop import every
 
 log = logging.getLogger("flashgate.admission")
 
@@ -29,26 +27,20 @@ def leader_id() -> str:
     return f"{socket.gethostname()}:{os.getpid()}:{os.urandom(3).hex()}"
 
 
-async def tick(runtime: Runtime, scripts: Scripts, me: str, led: set[int]) -> dict[int, dict]:
-    """One round over the active events (one pipeline); returns the replies of the events we lead."""
+async def tick(runtime: Runtime, me: str, led: set[int]) -> dict[int, dict]:
+    """One round over the active events (their calls leave as one pipeline: they are made in the same
+    event-loop tick); returns the replies of the events we lead."""
     settings = runtime.settings
     prefix = settings.redis_prefix
     ids = sorted(int(raw) for raw in await runtime.redis.smembers(on_sale_set(prefix)))
     if not ids:
         return {}
-    script = scripts["queue_advance"]
     args = advance_args(settings, me)
-    pipe = runtime.redis.pipeline(transaction=False)
-    for event_id in ids:
-        keys = advance_keys(prefix, event_id)
-        pipe.evalsha(script.sha, len(keys), *keys, *args)
-    raw = await pipe.execute(raise_on_error=False)
-    if any(isinstance(r, NoScriptError) for r in raw):  # Redis restarted or flushed: load, retry next tick
-        await scripts.load_all()
-        return {}
+    raw = await asyncio.gather(*(runtime.scripts.raw("queue_advance", advance_keys(prefix, event_id), args)
+                                 for event_id in ids), return_exceptions=True)
     ours: dict[int, dict] = {}
     for event_id, result in zip(ids, raw):
-        if isinstance(result, Exception):
+        if isinstance(result, BaseException):
             log.warning("admission tick failed for an event", extra={"event_id": event_id, "error": repr(result)})
             continue
         reply = parse_reply(result)
@@ -64,33 +56,19 @@ async def tick(runtime: Runtime, scripts: Scripts, me: str, led: set[int]) -> di
     return ours
 
 
-async def resign(runtime: Runtime, scripts: Scripts, me: str, led: set[int]) -> None:
+async def resign(runtime: Runtime, me: str, led: set[int]) -> None:
     for event_id in led:
-        await scripts.raw("queue_resign", [qkey(runtime.settings.redis_prefix, event_id, "lease")], [me])
+        await runtime.scripts.raw("queue_resign", [qkey(runtime.settings.redis_prefix, event_id, "lease")], [me])
 
 
 async def run(runtime: Runtime, stop: asyncio.Event) -> None:
-    scripts = Scripts(runtime.redis)
-    await scripts.load_all()
     me = leader_id()
     led: set[int] = set()
-    failing = False
-    interval = runtime.settings.queue_tick_s
     try:
-        while not stop.is_set():
-            try:
-                await tick(runtime, scripts, me, led)
-                failing = False
-            except Exception as exc:  # Redis away: keep trying, log once
-                if not failing:
-                    log.warning("admission tick failed", extra={"error": repr(exc)})
-                failing = True
-            try:
-                await asyncio.wait_for(stop.wait(), interval)
-            except asyncio.TimeoutError:
-                pass
+        await every(runtime.settings.queue_tick_s, stop, lambda: tick(runtime, me, led), log=log,
+                    what="admission tick")
     finally:
         try:
-            await resign(runtime, scripts, me, led)
+            await resign(runtime, me, led)
         except Exception:
             pass

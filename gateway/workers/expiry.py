@@ -12,24 +12,24 @@ import logging
 import time
 
 from gateway.core.runtime import Runtime
-from gateway.providers.payments import build_payment_provider
-from gateway.services.checkout import Checkout
-from gateway.services import inventory
+from gateway.sale import inventory
+from gateway.sale.checkout import CheckoutRecovery
 from gateway.store.keys import on_sale_set
-from gateway.store.scripts import Scripts
+from gateway.wiring import build_recovery
+from gateway.workers.loop import every
 
 log = logging.getLogger("flashgate.expiry")
 INTERVAL_S = 0.2
 BATCH = 500
 
 
-async def sweep_once(runtime: Runtime, scripts: Scripts) -> int:
+async def sweep_once(runtime: Runtime) -> int:
     prefix = runtime.settings.redis_prefix
     total = 0
     for raw in await runtime.redis.smembers(on_sale_set(prefix)):
         event_id = int(raw)
         while True:
-            result = await inventory.expire(scripts=scripts, prefix=prefix, event_id=event_id, max_holds=BATCH)
+            result = await inventory.expire(scripts=runtime.scripts, prefix=prefix, event_id=event_id, max_holds=BATCH)
             total += result["expired"]
             if not result["remaining_due"]:
                 break
@@ -39,7 +39,7 @@ async def sweep_once(runtime: Runtime, scripts: Scripts) -> int:
 RECOVER_EVERY_S = 5.0
 
 
-async def recover_once(runtime: Runtime, checkout: Checkout) -> int:
+async def recover_once(runtime: Runtime, checkout: CheckoutRecovery) -> int:
     total = 0
     for raw in await runtime.redis.smembers(on_sale_set(runtime.settings.redis_prefix)):
         total += await checkout.recover(int(raw))
@@ -47,37 +47,26 @@ async def recover_once(runtime: Runtime, checkout: Checkout) -> int:
 
 
 async def run(runtime: Runtime, stop: asyncio.Event) -> None:
-    scripts = Scripts(runtime.redis)
-    # Also refunds payments of checkouts that died between payment and confirm (see Checkout.recover).
-    payments = build_payment_provider(runtime)
-    checkout = Checkout(redis=runtime.redis, scripts=scripts, snapshots=None, provider=payments,
-                        signer=None, prefix=runtime.settings.redis_prefix)
-    last_recover = 0.0
-    failing = False
+    # Also refunds payments of checkouts that died between payment and confirm (see CheckoutRecovery).
+    recovery, payments = build_recovery(runtime)
     try:
-        await _loop(runtime, stop, scripts, checkout, last_recover, failing)
+        await _loop(runtime, stop, recovery)
     finally:
         await payments.aclose()
 
 
-async def _loop(runtime: Runtime, stop: asyncio.Event, scripts: Scripts, checkout: Checkout, last_recover: float,
-                failing: bool) -> None:
-    while not stop.is_set():
-        try:
-            n = await sweep_once(runtime, scripts)
-            if n:
-                log.info("expired holds", extra={"count": n})
-            if time.monotonic() - last_recover > RECOVER_EVERY_S:
-                last_recover = time.monotonic()
-                refunded = await recover_once(runtime, checkout)
-                if refunded:
-                    log.warning("refunded interrupted checkouts", extra={"count": refunded})
-            failing = False
-        except Exception as exc:  # Redis away: keep trying, log once
-            if not failing:
-                log.warning("expiry sweep failed", extra={"error": repr(exc)})
-            failing = True
-        try:
-            await asyncio.wait_for(stop.wait(), INTERVAL_S)
-        except asyncio.TimeoutError:
-            pass
+async def _loop(runtime: Runtime, stop: asyncio.Event, recovery: CheckoutRecovery) -> None:
+    last_recover = 0.0
+
+    async def step() -> None:
+        nonlocal last_recover
+        n = await sweep_once(runtime)
+        if n:
+            log.info("expired holds", extra={"count": n})
+        if time.monotonic() - last_recover > RECOVER_EVERY_S:
+            last_recover = time.monotonic()
+            refunded = await recover_once(runtime, recovery)
+            if refunded:
+                log.warning("refunded interrupted checkouts", extra={"count": refunded})
+
+    await every(INTERVAL_S, stop, step, log=log, what="expiry sweep")

@@ -1,11 +1,42 @@
 """Ledger worker: Redis ledger streams -> Postgres, in batches, exactly once in effect.
 
-For every event that ever sold, read the ledger stream with a consumer group
-(up to 1,000 entries per read), write the batch in ONE Postgres transaction with
-idempotent inserts (ON CONFLICT DO NOTHING on deterministic ids), then XACK.
-Entries are acknowledged only after the commit, so a Postgres outage or a
-worker crash loses nothing: unacknowledged entries stay pending and are written
-on the next try, or claimed (XAUTOCLAIM) by another worker once idle.
+Writing. Per event, read the ledger stream with the consumer group `ledger` (up
+to `ledger_batch` = 1,000 entries per read), write the batch in ONE Postgres
+transaction with idempotent inserts (ON CONFLICT DO NOTHING on deterministic
+ids), then XACK. Entries are acknowledged only after the commit, so a Postgres
+outage or a worker crash loses nothing: unacknowledged entries stay pending and
+are written on the next try, or claimed (XAUTOCLAIM) by another consumer once
+idle for `ledger_claim_idle_ms`. An entry Postgres can never take is
+dead-lettered. A process runs `ledger_consumers` (2) consumers.
+
+Which events. The work is proportional to the events that have something to
+write, not to every event that ever sold:
+
+- The polled set is `ledger_dirty_set` (keys.py): every producer SADDs the event
+  right AFTER its XADD (inventory.confirm / inventory.void after the Lua script,
+  checkout's orphan refund after its XADD). The scripts cannot do it themselves:
+  a script only touches keys of its event's `{ev:<id>}` slot (Redis Cluster).
+  A tick is SMEMBERS of that set plus one XREADGROUP `>` per member, pipelined.
+  Idle, the tick interval doubles from 20 ms up to `ledger_idle_poll_s` (0.2 s).
+- Every `ledger_round_s` (5 s) the housekeeping consumer (one per process)
+  SADDs the on-sale events (`on_sale_set`), runs XAUTOCLAIM on every polled
+  event, continuing from that event's cursor (kept between rounds; a page that
+  claimed entries is continued on the next tick), and prunes: an event leaves the
+  set once its stream has no pending and no undelivered entry and it is not on
+  sale. Pruning is SREM, then the same check again, and SADD back if an entry
+  arrived meanwhile: a producer's XADD that came before the SREM is seen by the
+  second check, one that came after is followed by its own SADD; so an event with
+  an unwritten entry is never left out of the set.
+- Safety net for a producer that died between its XADD and its SADD: on start
+  the housekeeping consumer checks every event of `ledger_set` once (SSCAN +
+  XINFO GROUPS, pipelined) and marks those with pending or undelivered entries;
+  and every round a background scrub checks `ledger_scrub_batch` (10) more
+  events of `ledger_set`, round-robin. On-sale events are marked every round in
+  any case. A retried refund or checkout marks again (the replay SADDs too).
+
+So the idle cost is a handful of commands per tick for the live events plus
+about `ledger_scrub_batch` + 5 commands per round, whatever the number of past
+events; only the one-off start pass reads them all.
 """
 
 from __future__ import annotations
@@ -24,15 +55,13 @@ import orjson
 from redis.exceptions import ResponseError
 
 from gateway.core.runtime import Runtime
-from gateway.services.orders import ticket_id_hex
-from gateway.store.keys import LEDGER_GROUP, event_key, ledger_set
+from gateway.orders.tickets import ticket_id_hex
+from gateway.store.keys import LEDGER_GROUP, event_key, ledger_dirty_set, ledger_set, on_sale_set
 
 log = logging.getLogger("flashgate.ledger")
 
-BATCH = 1000
-IDLE_SLEEP_S = 0.02
-CLAIM_IDLE_MS = int(os.environ.get("FLASHGATE_LEDGER_CLAIM_IDLE_MS", "15000"))
-CLAIM_EVERY_S = 5.0
+POLL_S = 0.02  # tick interval right after work; doubles while idle up to settings.ledger_idle_poll_s
+RECOVER_CHUNK = 500  # events per pipelined XINFO GROUPS in the start pass
 
 
 def payment_uuid(order_id: str, kind: str) -> str:
@@ -90,7 +119,8 @@ class LedgerWriter:
     def _orphan(self, d: dict[str, Any]) -> None:
         at = d.get("at_ms") or int(time.time() * 1000)
         for kind, ref in (("capture", d["payment_id"]), ("refund", d.get("refund_id") or f"{d['payment_id']}:r")):
-            self.payments.append((payment_uuid(d["order_id"], kind), None, d["hold_id"], "simulator", ref, kind,
+            self.payments.append((payment_uuid(d["order_id"], kind), None, d["hold_id"],
+                                  d.get("provider") or "simulator", ref, kind,
                                   int(d["amount_minor"]), d.get("currency") or "XXX", "succeeded", at))
 
     async def _void(self, d: dict[str, Any], o: dict[str, Any]) -> None:
@@ -104,9 +134,13 @@ class LedgerWriter:
             await self.conn.execute(
                 """INSERT INTO payments (id, order_id, hold_id, provider, provider_ref, kind, amount_minor, currency,
                                          status, created_at)
-                   SELECT $1::uuid, o.id, o.hold_id, 'simulator', $2, 'refund', $3, o.currency, 'succeeded', $4
+                   SELECT $1::uuid, o.id, o.hold_id,
+                          COALESCE($6::text, (SELECT p.provider FROM payments p WHERE p.order_id = o.id
+                                              AND p.kind = 'capture' LIMIT 1), 'simulator'),
+                          $2, 'refund', $3, o.currency, 'succeeded', $4
                    FROM orders o WHERE o.id = $5 ON CONFLICT DO NOTHING""",
-                payment_uuid(d["order_id"], "refund"), o["refund_id"], int(o.get("amount_minor") or 0), at, order_id)
+                payment_uuid(d["order_id"], "refund"), o["refund_id"], int(o.get("amount_minor") or 0), at, order_id,
+                o.get("provider") or None)
 
     async def _scan(self, d: dict[str, Any]) -> None:
         await self.conn.execute(
@@ -177,14 +211,34 @@ async def write_batch(pool: asyncpg.Pool, event_id: int, entries: list[tuple[byt
 
 
 class LedgerWorker:
-    def __init__(self, runtime: Runtime, consumer: str | None = None) -> None:
+    """One consumer of the `ledger` group. The housekeeping consumer (one per process) also runs the
+    start pass and, every `ledger_round_s`, the on-sale marks, XAUTOCLAIM, pruning and the scrub."""
+
+    def __init__(self, runtime: Runtime, consumer: str | None = None, *, housekeeping: bool = True) -> None:
+        settings = runtime.settings
         self.runtime = runtime
         self.redis = runtime.redis
-        self.prefix = runtime.settings.redis_prefix
+        self.prefix = settings.redis_prefix
         self.consumer = consumer or f"{socket.gethostname()}-{os.getpid()}"
+        self.housekeeping = housekeeping
+        self.batch = max(1, settings.ledger_batch)
+        self.claim_idle_ms = settings.ledger_claim_idle_ms
+        self.round_s = settings.ledger_round_s
+        self.idle_poll_s = max(POLL_S, settings.ledger_idle_poll_s)
+        self.scrub_batch = max(1, settings.ledger_scrub_batch)
+        self.dirty = ledger_dirty_set(self.prefix)
         self.written = 0
-        self._last_claim = 0.0
-        self._ready: set[int] = set()
+        self._started = False
+        self._last_round = float("-inf")
+        self._ready: set[int] = set()           # events whose consumer group this consumer made sure of
+        self._own: set[int] = set()             # events where this consumer may hold unacknowledged entries
+        self._cursor: dict[int, bytes | str] = {}  # XAUTOCLAIM cursor per event, kept between rounds
+        self._claim_now: set[int] = set()       # the last XAUTOCLAIM page claimed entries and more is left
+        self._scrub_cursor = 0
+        self._scrub_queue: list[int] = []
+
+    def _stream(self, event_id: int) -> str:
+        return event_key(self.prefix, event_id, "ledger")
 
     async def _group(self, stream: str) -> None:
         try:
@@ -193,42 +247,194 @@ class LedgerWorker:
             if "BUSYGROUP" not in str(exc):
                 raise
 
+    async def _pipelined(self, calls: list[tuple[str, tuple, dict]]) -> list[Any]:
+        """Run commands in one round trip; a command's error is returned in its place."""
+        if not calls:
+            return []
+        pipe = self.redis.pipeline(transaction=False)
+        for name, args, kwargs in calls:
+            getattr(pipe, name)(*args, **kwargs)
+        return await pipe.execute(raise_on_error=False)
+
     async def step(self) -> int:
-        """One pass over every event; returns how many entries were written."""
+        """One tick over the polled (dirty) events; returns how many entries were written."""
         pool = await self.runtime.pg()
-        claim = time.monotonic() - self._last_claim > CLAIM_EVERY_S
-        if claim:
-            self._last_claim = time.monotonic()
-        written = 0
-        for raw in await self.redis.smembers(ledger_set(self.prefix)):
-            event_id = int(raw)
-            stream = event_key(self.prefix, event_id, "ledger")
+        first = not self._started
+        if first and self.housekeeping:
+            await self.recover()
+        self._started = True
+        now = time.monotonic()
+        housekeep = self.housekeeping and now - self._last_round >= self.round_s
+        on_sale: set[int] = set()
+        if housekeep:
+            self._last_round = now
+            on_sale = {int(x) for x in await self.redis.smembers(on_sale_set(self.prefix))}
+            if on_sale:
+                await self.redis.sadd(self.dirty, *on_sale)
+        events = sorted(int(x) for x in await self.redis.smembers(self.dirty))
+        self._forget(set(events))
+        for event_id in events:
             if event_id not in self._ready:
-                await self._group(stream)
+                await self._group(self._stream(event_id))
                 self._ready.add(event_id)
-            batches = []
-            # Our own pending entries first (a failed write is retried), then new ones.
-            mine = await self.redis.xreadgroup(LEDGER_GROUP, self.consumer, {stream: "0"}, count=BATCH)
-            if mine and mine[0][1]:
-                batches.append(mine[0][1])
+
+        # Per event, in stream order: our own pending entries (a failed write is retried), the
+        # entries claimed from dead consumers, then new ones. Each kind in one pipelined round trip.
+        batches: dict[int, list[list]] = {e: [] for e in events}
+        seen: dict[int, set] = {e: set() for e in events}
+        stale: dict[int, list] = {}
+        own = [e for e in events if first or e in self._own]
+        own_full: set[int] = set()
+        replies = await self._pipelined([("xreadgroup", (LEDGER_GROUP, self.consumer, {self._stream(e): "0"}),
+                                          {"count": self.batch}) for e in own])
+        for event_id, reply in zip(own, replies):
+            entries = self._entries(event_id, reply)
+            if len(entries) >= self.batch:
+                own_full.add(event_id)
+            stale[event_id] = [e[0] for e in entries if not e[1]]  # pending, but trimmed from the stream
+            self._add(batches, seen, event_id, [e for e in entries if e[1]])
+        claim = [e for e in events if housekeep or e in self._claim_now]
+        replies = await self._pipelined([("xautoclaim", (self._stream(e), LEDGER_GROUP, self.consumer,
+                                                         self.claim_idle_ms),
+                                          {"start_id": self._cursor.get(e, "0-0"), "count": self.batch})
+                                         for e in claim])
+        for event_id, reply in zip(claim, replies):
+            if isinstance(reply, Exception):
+                self._ready.discard(event_id)
+                continue
+            cursor, entries = reply[0], [e for e in reply[1] if e[1]]
+            self._cursor[event_id] = cursor
+            if entries and cursor not in (b"0-0", "0-0"):
+                self._claim_now.add(event_id)
             else:
-                new = await self.redis.xreadgroup(LEDGER_GROUP, self.consumer, {stream: ">"}, count=BATCH)
-                if new and new[0][1]:
-                    batches.append(new[0][1])
-            if claim:
-                claimed = await self.redis.xautoclaim(stream, LEDGER_GROUP, self.consumer, CLAIM_IDLE_MS,
-                                                      start_id="0-0", count=BATCH)
-                if claimed and claimed[1]:
-                    batches.append(claimed[1])
-                    log.info("claimed pending ledger entries", extra={"event_id": event_id,
-                                                                      "count": len(claimed[1])})
-            for entries in batches:
-                entries = [e for e in entries if e[1]]  # skip ids whose entry was trimmed
-                if entries:
-                    written += await self.process(pool, event_id, stream, entries)
+                self._claim_now.discard(event_id)
+            if entries:
+                log.info("claimed pending ledger entries", extra={"event_id": event_id, "count": len(entries)})
+            self._add(batches, seen, event_id, entries)
+        replies = await self._pipelined([("xreadgroup", (LEDGER_GROUP, self.consumer, {self._stream(e): ">"}),
+                                          {"count": self.batch}) for e in events])
+        for event_id, reply in zip(events, replies):
+            self._add(batches, seen, event_id, [e for e in self._entries(event_id, reply) if e[1]])
+
+        written = 0
+        self._own.update(e for e in events if batches[e])  # until acknowledged
+        for event_id in events:
+            stream = self._stream(event_id)
+            if stale.get(event_id):
+                await self.redis.xack(stream, LEDGER_GROUP, *stale[event_id])
+            for entries in batches[event_id]:
+                written += await self.process(pool, event_id, stream, entries)
+            if event_id not in own_full:
+                self._own.discard(event_id)
+        if housekeep:
+            idle = [e for e in events if not batches[e] and e not in on_sale and e not in self._own
+                    and e not in self._claim_now]
+            await self.prune(idle)
+            await self.scrub(set(events))
         self.written += written
         return written
 
+    def _entries(self, event_id: int, reply: Any) -> list:
+        if isinstance(reply, Exception):  # NOGROUP (stream or group deleted): create it again next tick
+            if "NOGROUP" not in str(reply):
+                raise reply
+            self._ready.discard(event_id)
+            return []
+        return list(reply[0][1]) if reply else []
+
+    @staticmethod
+    def _add(batches: dict[int, list[list]], seen: dict[int, set], event_id: int, entries: list) -> None:
+        fresh = [e for e in entries if e[0] not in seen[event_id]]
+        seen[event_id].update(e[0] for e in fresh)
+        if fresh:
+            batches[event_id].append(fresh)
+
+    def _forget(self, polled: set[int]) -> None:
+        """Local state of events that left the polled set."""
+        self._ready &= polled
+        self._own &= polled
+        self._claim_now &= polled
+        for event_id in [e for e in self._cursor if e not in polled]:
+            del self._cursor[event_id]
+
+    async def drained(self, event_ids: list[int]) -> list[bool]:
+        """Per event: no pending and no undelivered entry in its ledger stream (one round trip, two
+        when Redis cannot tell the group's lag)."""
+        replies = await self._pipelined([("xinfo_groups", (self._stream(e),), {}) for e in event_ids])
+        out: list[bool] = []
+        unknown: list[tuple[int, bytes]] = []
+        for i, reply in enumerate(replies):
+            if isinstance(reply, Exception):
+                if "no such key" not in str(reply).lower():
+                    raise reply
+                out.append(True)  # no stream: nothing to write
+                continue
+            group = next((g for g in reply if g.get("name") in (LEDGER_GROUP, LEDGER_GROUP.encode())), None)
+            if group is None or group.get("pending"):
+                out.append(False)  # no group yet (the worker creates it and reads from 0), or pending
+            elif group.get("lag") is None:  # lag unknown (deleted entries): compare the ids
+                out.append(False)
+                unknown.append((i, group.get("last-delivered-id") or b"0-0"))
+            else:
+                out.append(group["lag"] == 0)
+        if unknown:
+            infos = await self._pipelined([("xinfo_stream", (self._stream(event_ids[i]),), {}) for i, _ in unknown])
+            for (i, delivered), info in zip(unknown, infos):
+                last = b"0-0" if isinstance(info, Exception) else info.get("last-generated-id") or b"0-0"
+                out[i] = _sid(last) <= _sid(delivered)
+        return out
+
+    async def prune(self, candidates: list[int]) -> None:
+        """Drop drained events from the polled set: SREM, check again, SADD back what got an entry."""
+        if not candidates:
+            return
+        gone = [e for e, ok in zip(candidates, await self.drained(candidates)) if ok]
+        if not gone:
+            return
+        await self.redis.srem(self.dirty, *gone)
+        back = [e for e, ok in zip(gone, await self.drained(gone)) if not ok]
+        if back:
+            await self.redis.sadd(self.dirty, *back)
+        log.debug("ledger events drained", extra={"events": len(gone) - len(back)})
+
+    async def recover(self) -> None:
+        """Start pass: mark every event of the registry that has pending or undelivered entries."""
+        ids: set[int] = set()
+        cursor = 0
+        while True:
+            cursor, page = await self.redis.sscan(ledger_set(self.prefix), cursor, count=1000)
+            ids.update(int(x) for x in page)
+            if not cursor:
+                break
+        marked = 0
+        ordered = sorted(ids)
+        for i in range(0, len(ordered), RECOVER_CHUNK):
+            chunk = ordered[i:i + RECOVER_CHUNK]
+            busy = [e for e, ok in zip(chunk, await self.drained(chunk)) if not ok]
+            if busy:
+                await self.redis.sadd(self.dirty, *busy)
+                marked += len(busy)
+        log.info("ledger worker started", extra={"events": len(ids), "marked": marked})
+
+    async def scrub(self, polled: set[int]) -> None:
+        """A few registry events per round (round-robin): the safety net for a producer that died
+        between its XADD and its SADD. At most one SSCAN and `ledger_scrub_batch` checks."""
+        if not self._scrub_queue:
+            self._scrub_cursor, page = await self.redis.sscan(ledger_set(self.prefix), self._scrub_cursor,
+                                                              count=self.scrub_batch)
+            self._scrub_queue = [int(x) for x in page]
+        take: list[int] = []
+        while self._scrub_queue and len(take) < self.scrub_batch:
+            event_id = self._scrub_queue.pop()
+            if event_id not in polled:
+                take.append(event_id)
+        if not take:
+            return
+        busy = [e for e, ok in zip(take, await self.drained(take)) if not ok]
+        if busy:
+            log.warning("ledger entries found by the scrub (a producer did not mark its event)",
+                        extra={"events": busy})
+            await self.redis.sadd(self.dirty, *busy)
 
     async def process(self, pool: asyncpg.Pool, event_id: int, stream: str,
                       entries: list[tuple[bytes, dict[bytes, bytes]]]) -> int:
@@ -263,15 +469,18 @@ TRANSIENT = (OSError, asyncio.TimeoutError, asyncpg.PostgresConnectionError, asy
 
 
 async def run(runtime: Runtime, stop: asyncio.Event) -> None:
-    """Several consumers in one process (FLASHGATE_LEDGER_CONSUMERS, default 2): while one waits for
-    Postgres to commit a batch, the next batch is already being written."""
-    n = max(1, int(os.environ.get("FLASHGATE_LEDGER_CONSUMERS", "2")))
+    """Several consumers in one process (`ledger_consumers`, default 2): while one waits for
+    Postgres to commit a batch, the next batch is already being written. The first one does the
+    housekeeping (start pass, claims, pruning, scrub)."""
+    n = max(1, runtime.settings.ledger_consumers)
     base = f"{socket.gethostname()}-{os.getpid()}"
-    await asyncio.gather(*(_consume(LedgerWorker(runtime, consumer=f"{base}-{i}"), stop) for i in range(n)))
+    await asyncio.gather(*(_consume(LedgerWorker(runtime, consumer=f"{base}-{i}", housekeeping=i == 0), stop)
+                           for i in range(n)))
 
 
 async def _consume(worker: LedgerWorker, stop: asyncio.Event) -> None:
     backoff = 0.1
+    idle = POLL_S
     failing = False
     while not stop.is_set():
         try:
@@ -281,8 +490,10 @@ async def _consume(worker: LedgerWorker, stop: asyncio.Event) -> None:
                 log.info("ledger writes resumed")
             failing = False
             if n:
+                idle = POLL_S
                 continue
-            delay = IDLE_SLEEP_S
+            delay = idle
+            idle = min(idle * 2, worker.idle_poll_s)  # idle: poll less often, up to idle_poll_s
         except Exception as exc:  # Postgres or Redis away: entries stay pending; try again
             if not failing:
                 log.warning("ledger write failed; entries stay pending", extra={"error": repr(exc)})
@@ -293,3 +504,9 @@ async def _consume(worker: LedgerWorker, stop: asyncio.Event) -> None:
             await asyncio.wait_for(stop.wait(), delay)
         except asyncio.TimeoutError:
             pass
+
+
+def _sid(stream_id: bytes | str) -> tuple[int, int]:
+    text = stream_id.decode() if isinstance(stream_id, bytes) else stream_id
+    ms, _, seq = text.partition("-")
+    return int(ms), int(seq or 0)

@@ -36,7 +36,7 @@ from redis.exceptions import RedisError, ResponseError, WatchError
 from gateway.core.runtime import Runtime
 from gateway.providers.breaker import BreakerOpen, SharedBreaker
 from gateway.providers.bulkhead import Bulkhead, BulkheadFull
-from gateway.services.notify import (NotifySettings, dead_key, message_fields, retry_key, sign_webhook,
+from gateway.orders.notify import (SIGNATURE_HEADER, NotifySettings, dead_key, message_fields, retry_key, sign_webhook,
                                      stream_key)
 
 log = logging.getLogger(__name__)
@@ -157,7 +157,7 @@ class WebhookSender:
 
         async def post() -> None:
             headers = {"Content-Type": "application/json", "X-Flashgate-Event": str(payload["event_type"]),
-                       "X-Flashgate-Delivery": nid, "X-Flashgate-Signature": sign_webhook(secret, int(time.time()),
+                       "X-Flashgate-Delivery": nid, SIGNATURE_HEADER: sign_webhook(secret, int(time.time()),
                                                                                           body)}
             try:
                 resp = await self._client.post(url, content=body, headers=headers)
@@ -178,7 +178,7 @@ class NotifyWorker:
     def __init__(self, runtime: Runtime, settings: NotifySettings | None = None, consumer: str | None = None) -> None:
         self.runtime = runtime
         self.redis = runtime.redis
-        self.settings = settings or NotifySettings()
+        self.settings = settings or runtime.settings.notify
         self.consumer = consumer or f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
         self.stream, self.retry, self.dead = stream_key(runtime), retry_key(runtime), dead_key(runtime)
         self.senders: dict[str, Any] = {"email": SmtpSender(runtime, self.settings),

@@ -1,5 +1,5 @@
 -- common.lua: helpers shared by the inventory scripts.
--- The loader (gateway/redis/scripts.py) replaces the line `--!include common` of a
+-- The loader (gateway/store/scripts.py) replaces the line `--!include common` of a
 -- script with this file, so every script stays one self-contained EVALSHA.
 --
 -- Every inventory script receives the same event keys, all tagged {ev:<id>}:

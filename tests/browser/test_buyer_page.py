@@ -16,7 +16,7 @@ try:
 except ImportError:  # the `browser` fixture skips (or fails in CI) with the reason
     expect = None
 
-from gateway.services.orders import order_id_for
+from gateway.orders.tickets import order_id_for
 from tests.browser.conftest import create_event, shot
 from tests.utils.factories import auth, seat_spec
 from tests.utils.live import start_worker

@@ -7,7 +7,7 @@ import time
 
 import pytest
 
-from gateway.services import ticketcodes
+from gateway.orders import ticketcodes
 from gateway.store.keys import event_key
 from gateway.workers.ledger import LedgerWorker
 from tests.utils.factories import auth, buyer, new_org, open_event, seat_spec
@@ -36,7 +36,7 @@ async def checkout(client, hold_id, headers, key="key-00000001", body=None):
 
 
 async def drain_ledger(app):
-    worker = LedgerWorker(app.fastapi.state.runtime, consumer="test")
+    worker = LedgerWorker(app.gateway.runtime, consumer="test")
     while await worker.step():
         pass
 
@@ -197,7 +197,7 @@ async def test_refund_returns_seats_and_voids_tickets(client, event, app, pg):
     await asyncio.sleep(0.3)  # the availability snapshot learns of the void within its refresh interval
     other = await buyer(client)
     await hold(client, event, other, {"seats": ["B-3-3"]})
-    _, stranger = await new_org(app.fastapi.state.runtime.settings.database_url)
+    _, stranger = await new_org(app.gateway.runtime.settings.database_url)
     resp = await client.post(f"/v1/orders/{order['order_id']}/refund", headers=auth(stranger))
     assert resp.status_code == 404
     listed = await client.get(f"/v1/events/{event['id']}/orders", headers=auth(key))
@@ -209,7 +209,7 @@ async def test_redis_failing_between_payment_and_confirm(client, event, app, sim
     then ends without a retry, recovery refunds the payment; a retry afterwards gets that answer."""
     from redis.exceptions import ConnectionError as RedisConnectionError
 
-    from gateway.services import checkout as checkout_module
+    from gateway.sale import checkout as checkout_module
 
     me = await buyer(client)
     h = await hold(client, event, me, {"seats": ["B-1-1"]})
@@ -222,12 +222,15 @@ async def test_redis_failing_between_payment_and_confirm(client, event, app, sim
     assert resp.status_code == 503 and resp.json()["error"]["code"] == "unavailable", resp.text
     monkeypatch.undo()
     assert sim.get("/_stats").json().get("capture") == 1
-    service = app.fastapi.state.runtime.extras["checkout"]
+    from gateway.sale.checkout import CheckoutRecovery
+
+    service = CheckoutRecovery(redis=app.gateway.runtime.redis, provider=app.gateway.payments,
+                               prefix=settings.redis_prefix)
     assert await service.recover(event["id"], min_age_s=0) == 0, "the hold still lives: no refund yet"
     # The hold ends (expiry passes) without the buyer coming back.
     redis_sync.zadd(f"{settings.redis_prefix}:{{ev:{event['id']}}}:holds", {h["hold_id"]: 1})
-    from gateway.services import inventory
-    await inventory.expire(scripts=app.fastapi.state.runtime.extras["scripts"], prefix=settings.redis_prefix,
+    from gateway.sale import inventory
+    await inventory.expire(scripts=app.gateway.runtime.scripts, prefix=settings.redis_prefix,
                            event_id=event["id"])
     assert await service.recover(event["id"], min_age_s=0) == 1
     assert sim.get("/_stats").json().get("refund") == 1
@@ -239,7 +242,7 @@ async def test_redis_failing_between_payment_and_confirm(client, event, app, sim
 async def test_a_retry_after_redis_failure_completes_the_order(client, event, app, sim, monkeypatch):
     from redis.exceptions import ConnectionError as RedisConnectionError
 
-    from gateway.services import checkout as checkout_module
+    from gateway.sale import checkout as checkout_module
 
     me = await buyer(client)
     h = await hold(client, event, me, {"seats": ["B-1-2"]})

@@ -138,13 +138,13 @@ async def test_paused_and_unknown_events(client, event):
 
 
 async def test_sold_seat_is_refused_from_the_snapshot(client, event, app, redis_sync):
-    from gateway.services import inventory
+    from gateway.sale import inventory
 
     me = await buyer(client)
     hold = (await client.post(f"/v1/events/{event['id']}/holds", json={"seats": ["A-5-5"]}, headers=me)).json()
-    runtime = app.fastapi.state.runtime
-    buyer_id = runtime.extras["signer"].verify(me["Authorization"].split()[1], "b")["sub"]
-    await inventory.confirm(scripts=runtime.extras["scripts"], prefix=runtime.settings.redis_prefix,
+    runtime = app.gateway.runtime
+    buyer_id = app.gateway.signer.verify(me["Authorization"].split()[1], "b")["sub"]
+    await inventory.confirm(scripts=runtime.scripts, prefix=runtime.settings.redis_prefix,
                             event_id=event["id"], hold_id=hold["hold_id"], buyer=buyer_id,
                             order_id=str(uuid.uuid4()), order={})
     await settle(client, event["id"], lambda b: b["sections"][0]["sold"] == 1)

@@ -14,7 +14,7 @@ import pytest
 import redis.asyncio as aioredis
 
 from gateway.core.errors import DomainError
-from gateway.services import inventory
+from gateway.sale import inventory
 from gateway.store.keys import event_key
 from gateway.store.scripts import Scripts
 from tests.utils.factories import auth, new_org, seat_spec

@@ -110,7 +110,7 @@ async def test_a_killed_ledger_worker_loses_and_doubles_nothing(app, client, dat
     _, key = await new_org(database_url)
     event = (await client.post("/v1/events", json=seat_spec(ga={"floor": 2000}), headers=auth(key))).json()
     await client.post(f"/v1/events/{event['id']}/open", headers=auth(key))
-    runtime = app.fastapi.state.runtime
+    runtime = app.gateway.runtime
     stream = event_key(settings.redis_prefix, event["id"], "ledger")
     with start_worker(settings, "ledger", tmp_root) as first:
         await sell(client, event["id"], 150)
@@ -139,7 +139,7 @@ async def test_a_malformed_entry_is_dead_lettered_and_blocks_nothing(app, client
     _, key = await new_org(database_url)
     event = (await client.post("/v1/events", json=seat_spec(ga={"floor": 50}), headers=auth(key))).json()
     await client.post(f"/v1/events/{event['id']}/open", headers=auth(key))
-    runtime = app.fastapi.state.runtime
+    runtime = app.gateway.runtime
     stream = event_key(settings.redis_prefix, event["id"], "ledger")
     await runtime.redis.xadd(stream, {"k": "order", "d": b'{"order_id": "not-a-uuid"}', "o": b"{}"})
     orders = await sell(client, event["id"], 3)

@@ -8,7 +8,7 @@ from contextlib import asynccontextmanager
 import orjson
 import pytest
 
-from gateway.services import notify
+from gateway.orders import notify
 from gateway.stack.embedded import free_port
 from gateway.workers.notify_worker import run as notify_run
 from tests.utils.factories import auth, buyer, new_org, seat_spec
@@ -54,7 +54,7 @@ async def sell_one(client, key, url):
 
 async def test_sales_reach_the_organiser_webhook_signed(app, client, database_url, sim):
     _, key = await new_org(database_url)
-    runtime = app.fastapi.state.runtime
+    runtime = app.gateway.runtime
     with WebhookReceiver() as hooks:
         async with notify_worker(runtime):
             event, order = await sell_one(client, key, hooks.url)
@@ -79,7 +79,7 @@ async def test_sales_reach_the_organiser_webhook_signed(app, client, database_ur
 async def test_dead_letters_are_listed_and_replayed_per_organisation(app, client, database_url, sim):
     org_id, key = await new_org(database_url)
     _, other_key = await new_org(database_url)
-    runtime = app.fastapi.state.runtime
+    runtime = app.gateway.runtime
     closed = f"http://127.0.0.1:{free_port()}/hooks"
     async with notify_worker(runtime, max_attempts=1):
         await sell_one(client, key, closed)

@@ -7,10 +7,10 @@ from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import pytest
-import redis.asyncio as aioredis
 from redis.asyncio.cluster import ClusterNode, RedisCluster
 
 from gateway.stack.embedded import MissingBinary, find_binary
+from gateway.store.redis import redis_client
 from gateway.store.scripts import Scripts
 from tests.conftest import need
 from tests.utils.cluster import LocalCluster
@@ -34,12 +34,15 @@ def local_cluster(tmp_root: Path) -> Iterator[LocalCluster | None]:
 @pytest.fixture(params=["single", "cluster"])
 async def scripts(request, redis_server_url: str, local_cluster) -> AsyncIterator[Scripts]:
     if request.param == "single":
-        client = aioredis.Redis.from_url(redis_server_url)
+        client = redis_client(redis_server_url)  # the application's own client: callers queue for a connection
     else:
         if local_cluster is None:
             need("redis-server / redis-cli not installed: the Redis Cluster variant of the Lua suite cannot run "
                  "(sudo apt-get install redis-server redis-tools)")
-        client = RedisCluster(startup_nodes=[ClusterNode(h, p) for h, p in local_cluster.startup_nodes])
+        # redis-py's cluster client fails (MaxConnectionsError) rather than waiting for a connection;
+        # the racing tests open ~100 concurrent calls, so give each node room.
+        client = RedisCluster(startup_nodes=[ClusterNode(h, p) for h, p in local_cluster.startup_nodes],
+                              max_connections=1024)
     s = Scripts(client)
     yield s
     await client.aclose()

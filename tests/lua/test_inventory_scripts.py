@@ -9,7 +9,7 @@ import pytest
 from redis.crc import key_slot
 
 from gateway.core.errors import DomainError
-from gateway.services import inventory as inv
+from gateway.sale import inventory as inv
 from gateway.store.keys import event_keys
 from tests.utils.inventory import key, new_id, open_event, state
 

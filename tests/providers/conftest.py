@@ -9,7 +9,7 @@ import httpx
 import pytest
 import redis.asyncio as aioredis
 
-from gateway.core.runtime import redis_client
+from gateway.store.redis import redis_client
 from gateway.providers.simulator import start_simulator_process
 from gateway.stack.embedded import stop_process
 

@@ -8,7 +8,7 @@ import time
 import pytest
 import redis.asyncio as aioredis
 
-from gateway.core.runtime import redis_client
+from gateway.store.redis import redis_client
 from gateway.providers.breaker import BreakerOpen, SharedBreaker, read_breaker_state
 from gateway.providers.bulkhead import Bulkhead, BulkheadFull
 from gateway.stack.embedded import free_port

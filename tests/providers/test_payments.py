@@ -12,6 +12,7 @@ import redis.asyncio as aioredis
 
 from gateway.core.config import Settings
 from gateway.core.runtime import Runtime
+from gateway.store.redis import RedisStore
 from gateway.providers.breaker import SharedBreaker, read_breaker_state
 from gateway.providers.bulkhead import Bulkhead
 from gateway.providers.payments import (GuardedProvider, PaymentDeclined, PaymentRejected, ProviderSettings,
@@ -137,7 +138,7 @@ async def test_breaker_opens_fails_fast_then_half_opens_and_closes(guarded: Fact
 
 async def test_breaker_state_is_shared_between_workers(guarded: Factory, sim: httpx.Client,
                                                        redis_server_url: str) -> None:
-    from gateway.core.runtime import redis_client
+    from gateway.store.redis import redis_client
 
     other_redis = redis_client(redis_server_url)
     try:
@@ -208,7 +209,7 @@ async def test_build_payment_provider(simulator_url: str, sim: httpx.Client, are
                                       redis_server_url: str, redis_prefix: str, tmp_path) -> None:
     settings = Settings(environment="test", redis_url=redis_server_url, redis_prefix=f"{redis_prefix}:bp",
                         data_dir=tmp_path, secret_key="test-" + "x" * 40)
-    runtime = Runtime(settings=settings, redis=aredis)
+    runtime = Runtime(settings, RedisStore.from_settings(settings))
     provider = build_payment_provider(runtime, provider_settings=ProviderSettings(url=simulator_url,
                                                                                   max_concurrency=4))
     try:

@@ -20,9 +20,10 @@ from aiosmtpd.controller import Controller
 
 from gateway.core.config import Settings
 from tests.utils.webhooks import WebhookReceiver
-from gateway.core.runtime import Runtime, redis_client
-from gateway.services import notify
-from gateway.services.ticketcodes import encode, generate_keypair
+from gateway.core.runtime import Runtime
+from gateway.store.redis import RedisStore, redis_client
+from gateway.orders import notify
+from gateway.orders.ticketcodes import encode, generate_keypair
 from gateway.stack.embedded import free_port
 from gateway.workers.notify_worker import NotifyWorker, run
 
@@ -59,7 +60,7 @@ class SmtpServer:
 async def runtime(redis_server_url: str, redis_prefix: str, tmp_path: Path) -> AsyncIterator[Runtime]:
     settings = Settings(environment="test", redis_url=redis_server_url, redis_prefix=f"{redis_prefix}:n{secrets.token_hex(3)}",
                         data_dir=tmp_path, secret_key="test-" + "x" * 40)
-    rt = Runtime(settings=settings, redis=redis_client(redis_server_url))
+    rt = Runtime(settings, RedisStore.from_settings(settings))
     yield rt
     await rt.close()
 

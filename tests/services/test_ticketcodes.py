@@ -9,8 +9,8 @@ import segno
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from gateway.services import ticketcodes as tc
-from gateway.services.ticketcodes import InvalidCode, TicketClaims
+from gateway.orders import ticketcodes as tc
+from gateway.orders.ticketcodes import InvalidCode, TicketClaims
 
 # The vectors of docs/ticket-codes.md (seed: RFC 8032 test 1 secret key).
 SEED = bytes.fromhex("9d61b19deffd5a60ba844af492ec2cc44449c5697b326919703bac031cae7f60")

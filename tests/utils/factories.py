@@ -8,7 +8,7 @@ from typing import Any
 import asyncpg
 import httpx
 
-from gateway.services.orgs import create_organisation
+from gateway.organisers.orgs import create_organisation
 
 
 async def new_org(database_url: str, name: str | None = None) -> tuple[int, str]:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import uuid
 from typing import Any
 
-from gateway.services import inventory
+from gateway.sale import inventory
 from gateway.store.keys import event_key
 from gateway.store.scripts import Scripts
 

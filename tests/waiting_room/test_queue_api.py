@@ -6,7 +6,7 @@ import hashlib
 
 import pytest
 
-from gateway.services.queue_shuffle import shuffle_place
+from gateway.waiting_room.shuffle import shuffle_place
 from tests.utils.factories import auth
 from tests.waiting_room.conftest import join, leader, new_buyer, poll, queue_event, wait_for
 

@@ -11,8 +11,8 @@ import time
 import pytest
 import redis.asyncio as aioredis
 
-from gateway.services import inventory
-from gateway.services.waiting_room import qkey
+from gateway.sale import inventory
+from gateway.store.keys import qkey
 from gateway.store.keys import event_key
 from gateway.store.scripts import Scripts
 from tests.utils.factories import auth

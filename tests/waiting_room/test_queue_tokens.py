@@ -8,7 +8,7 @@ import time
 import orjson
 import pytest
 
-from gateway.services.tokens import TokenSigner
+from gateway.core.tokens import TokenSigner
 from tests.utils.factories import auth
 from tests.waiting_room.conftest import app_client, join, leader, new_buyer, poll, queue_event, wait_for
 

@@ -1,0 +1,2 @@
+"""Orders and what follows a sale: tickets and their codes, the order view, refunds,
+confirmations and notifications."""

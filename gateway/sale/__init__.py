@@ -1,0 +1,1 @@
+"""The sale: inventory scripts, the per-worker availability snapshot, holds and checkout."""

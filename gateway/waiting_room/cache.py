@@ -1,0 +1,259 @@
+"""The waiting room's per-worker cache: each event's queue state, refreshed together.
+
+Polling costs no Redis command: the event's queue state (admitted-up-to place,
+pre-queue size and seed, measured rate, the fate of every admitted place) is
+cached per worker and refreshed by one background task every `queue_cache_s`,
+whatever the number of pollers. Proof of life of waiting places (a place that
+stops polling for `queue_stall_s` is skipped) is collected in memory and written
+to Redis in one batched command per event every `queue_seen_flush_s`. Whether an
+event is in queue mode (holds and checkout then need an admission token) is
+cached here too, refreshed in the same loop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import math
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from redis.asyncio import Redis
+
+from gateway.core.config import Settings
+from gateway.core.errors import DomainError
+from gateway.core.singleflight import SingleFlight
+from gateway.store.keys import event_key, qkey
+from gateway.waiting_room.shuffle import shuffle_place
+
+log = logging.getLogger("flashgate.waiting_room")
+
+VIEW_IDLE_S = 60.0        # a cached event nobody polled for this long is dropped
+MODE_TTL_S = 1.0          # queue-mode cache entries are refreshed this often
+PLACES_MEMO = 200_000     # shuffled pre-queue places remembered per event
+SEEN_CHUNK = 512          # places per BITFIELD command when flushing liveness
+
+
+def _s(value: Any) -> str:
+    return value.decode() if isinstance(value, bytes) else ("" if value is None else str(value))
+
+
+def _f(value: Any, default: float = 0.0) -> float:
+    try:
+        return float(value) if value not in (None, b"") else default
+    except ValueError:
+        return default
+
+
+@dataclass
+class QueueView:
+    """One event's queue state in this worker (read-only copy, at most `queue_cache_s` old)."""
+
+    event_id: int
+    mode: bool = False
+    status: str = ""
+    prequeue: bool = False
+    opened: bool = False
+    pre: int = 0
+    seed: str = ""
+    commitment: str = ""
+    epoch: int = 0
+    seq: int = 0
+    upto: int = 0
+    sold_out: bool = False
+    paused: str = ""
+    rate: float = 0.0
+    mrate: float = 0.0
+    factor: float = 1.0
+    fate: bytearray = field(default_factory=bytearray)  # u32 per place, place 0 unused
+    places: dict[int, int] = field(default_factory=dict)  # pre-queue arrival -> place (memo)
+    used_at: float = 0.0
+
+    def apply(self, state: dict[bytes, bytes], meta: list[Any], fate_from: int, fate_tail: bytes) -> None:
+        self.status = _s(meta[0])
+        self.mode = _s(meta[1]) == "1"
+        self.rate = _f(meta[2])
+        get = state.get
+        self.prequeue = get(b"prequeue") == b"1"
+        self.opened = bool(get(b"opened"))
+        self.pre = int(_f(get(b"pre")))
+        self.seed = _s(get(b"seed"))
+        self.commitment = _s(get(b"commitment"))
+        self.epoch = int(_f(get(b"epoch")))
+        self.seq = int(_f(get(b"seq")))
+        self.upto = int(_f(get(b"upto")))
+        self.sold_out = get(b"sold_out") == b"1"
+        self.paused = _s(get(b"paused"))
+        self.mrate = _f(get(b"mrate"))
+        self.factor = _f(get(b"factor"), 1.0)
+        if not self.fate:
+            self.fate = bytearray(4)
+        if len(self.fate) == fate_from:  # fates are final once written: only the new tail is read
+            self.fate += fate_tail
+
+    def place(self, n: int) -> int:
+        """The place of arrival `n`: its shuffled place in the pre-queue, else `n`; 0 before opening."""
+        if not self.opened:
+            return 0
+        if n > self.pre:
+            return n
+        place = self.places.get(n)
+        if place is None:
+            if len(self.places) > PLACES_MEMO:
+                self.places.clear()
+            place = self.places[n] = shuffle_place(self.seed, self.pre, n)
+        return place
+
+    def fate_of(self, place: int) -> int:
+        o = 4 * place
+        raw = self.fate[o:o + 4]
+        return int.from_bytes(raw, "big") if len(raw) == 4 else 0
+
+    def eta(self, position: int) -> int | None:
+        if self.paused or not self.opened:
+            return None
+        rate = self.mrate if self.mrate > 0.05 else self.rate * self.factor
+        return math.ceil(position / rate) if rate > 0 else None
+
+
+
+class QueueCache:
+    def __init__(self, *, settings: Settings, redis: Redis) -> None:
+        self.settings = settings
+        self.redis = redis
+        self.prefix = settings.redis_prefix
+        self.views: dict[int, QueueView] = {}
+        self._load_once: SingleFlight[int, QueueView] = SingleFlight(self._load)
+        self.seen: dict[int, dict[int, int]] = {}
+        self.modes: dict[int, tuple[bool | None, float]] = {}
+        self._task: asyncio.Task | None = None
+
+    # -- views ------------------------------------------------------------------------
+    async def view(self, event_id: int) -> QueueView:
+        view = self.views.get(event_id)
+        if view is not None:
+            return view
+        return await self._load_once(event_id)
+
+    async def _load(self, event_id: int) -> QueueView:
+        view = QueueView(event_id=event_id, used_at=time.monotonic())
+        await self.refresh([view])
+        if not view.mode and not view.prequeue:
+            raise DomainError("not_on_sale", "This event has no open waiting room.",
+                              details={"event_id": event_id, "status": view.status or "draft"})
+        self.views[event_id] = view
+        return view
+
+    async def refresh(self, views: list[QueueView]) -> None:
+        pipe = self.redis.pipeline(transaction=False)
+        offsets = []
+        for v in views:
+            offsets.append(max(len(v.fate), 4))
+            pipe.hgetall(qkey(self.prefix, v.event_id, "state"))
+            pipe.hmget(event_key(self.prefix, v.event_id, "meta"), "status", "queue_mode", "admission_rate")
+            pipe.getrange(qkey(self.prefix, v.event_id, "fate"), offsets[-1], -1)
+        results = await pipe.execute()
+        for i, v in enumerate(views):
+            v.apply(results[3 * i], results[3 * i + 1], offsets[i], results[3 * i + 2])
+            self.modes[v.event_id] = (v.mode, time.monotonic() + MODE_TTL_S)
+
+    async def refresh_all(self) -> None:
+        now = time.monotonic()
+        for event_id in [e for e, v in self.views.items() if now - v.used_at > VIEW_IDLE_S]:
+            self.views.pop(event_id, None)
+        if self.views:
+            await self.refresh(list(self.views.values()))
+
+    async def forget_mode(self, event_id: int) -> None:
+        """An organiser changed the event: drop its cached mode, refresh its view at once."""
+        self.modes.pop(event_id, None)
+        if event_id in self.views:
+            await self.refresh([self.views[event_id]])
+
+    # -- queue mode (holds and checkout) -------------------------------------------------
+    async def queue_mode(self, event_id: int) -> bool:
+        hit = self.modes.get(event_id)
+        now = time.monotonic()
+        if hit is not None and (hit[1] > now or hit[0] is not None):
+            return bool(hit[0])
+        # First sight of this event in this worker: one read, then cached and refreshed in the
+        # background. Guessing either way would be wrong: "off" lets buyers past the queue, "on"
+        # refuses buyers of events without one.
+        raw = await self.redis.hget(event_key(self.prefix, event_id, "meta"), "queue_mode")
+        mode = None if raw is None else raw == b"1"
+        self.modes[event_id] = (mode, now + MODE_TTL_S)
+        return bool(mode)
+
+    async def _refresh_modes(self) -> None:
+        ids = list(self.modes)
+        if not ids:
+            return
+        pipe = self.redis.pipeline(transaction=False)
+        for event_id in ids:
+            pipe.hget(event_key(self.prefix, event_id, "meta"), "queue_mode")
+        until = time.monotonic() + MODE_TTL_S + self.settings.queue_seen_flush_s
+        for event_id, raw in zip(ids, await pipe.execute()):
+            self.modes[event_id] = (None if raw is None else raw == b"1", until)
+        if len(self.modes) > 10_000:
+            self.modes.clear()
+
+    # -- liveness -------------------------------------------------------------------------
+    def saw(self, event_id: int, place: int, value: int) -> None:
+        self.seen.setdefault(event_id, {})[place] = value
+
+    async def flush_seen(self) -> int:
+        """Write the places polled since the last flush (one BITFIELD per event per chunk)."""
+        batch, self.seen = self.seen, {}
+        if not batch:
+            return 0
+        pipe = self.redis.pipeline(transaction=False)
+        n = 0
+        for event_id, places in batch.items():
+            items = list(places.items())
+            for i in range(0, len(items), SEEN_CHUNK):
+                args: list[Any] = []
+                for place, value in items[i:i + SEEN_CHUNK]:
+                    args += ["SET", "u32", f"#{place}", value]
+                pipe.execute_command("BITFIELD", qkey(self.prefix, event_id, "seen"), *args)
+                n += 1
+        await pipe.execute()
+        return n
+
+    # -- background -----------------------------------------------------------------------
+    async def run(self) -> None:
+        s = self.settings
+        next_flush = time.monotonic() + s.queue_seen_flush_s
+        failing = False
+        while True:
+            await asyncio.sleep(s.queue_cache_s)
+            try:
+                await self.refresh_all()
+                if time.monotonic() >= next_flush:
+                    next_flush = time.monotonic() + s.queue_seen_flush_s
+                    await self.flush_seen()
+                    await self._refresh_modes()
+                failing = False
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # Redis away: keep serving the cached copy
+                if not failing:
+                    log.warning("waiting room refresh failed; serving the cached state", extra={"error": repr(exc)})
+                failing = True
+
+    def start(self) -> None:
+        if self._task is None:
+            self._task = asyncio.get_running_loop().create_task(self.run())
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            try:
+                await self._task
+            except asyncio.CancelledError:
+                pass
+            self._task = None
+        try:
+            await self.flush_seen()
+        except Exception:
+            pass
