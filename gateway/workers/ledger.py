@@ -13,9 +13,9 @@ Which events. The work is proportional to the events that have something to
 write, not to every event that ever sold:
 
 - The polled set is `ledger_dirty_set` (keys.py): every producer SADDs the event
-  right AFTER its XADD (inventory.confirm / inventory.void after the Lua script,
-  checkout's orphan refund after its XADD). The scripts cannot do it themselves:
-  a script only touches keys of its event's `{ev:<id>}` slot (Redis Cluster).
+  right AFTER its XADD (Checkout._confirm after the `confirm` script,
+  refund_order after `void`, refund_orphan after its XADD). The scripts cannot
+  do it themselves: a script only touches its event's `{ev:<id>}` slot (Cluster).
   A tick is SMEMBERS of that set plus one XREADGROUP `>` per member, pipelined.
   Idle, the tick interval doubles from 20 ms up to `ledger_idle_poll_s` (0.2 s).
 - Every `ledger_round_s` (5 s) the housekeeping consumer (one per process)
@@ -300,7 +300,7 @@ class LedgerWorker:
                                          for e in claim])
         for event_id, reply in zip(claim, replies):
             if isinstance(reply, Exception):
-                self._ready.discard(event_id)
+                self._entries(event_id, reply)  # NOGROUP: the group is created again next tick; else raises
                 continue
             cursor, entries = reply[0], [e for e in reply[1] if e[1]]
             self._cursor[event_id] = cursor
