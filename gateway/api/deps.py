@@ -10,11 +10,13 @@ from fastapi import Depends, Request
 from gateway.wiring import Gateway
 
 
-def get_gateway(request: Request) -> Gateway:
+# Dependencies are `async def` even when they do not await: FastAPI runs plain `def` dependencies in
+# a thread pool, which costs a thread hop per request.
+async def get_gateway(request: Request) -> Gateway:
     return request.app.state.gateway
 
 
-def bearer_token(request: Request) -> str | None:
+async def bearer_token(request: Request) -> str | None:
     scheme, _, value = request.headers.get("authorization", "").partition(" ")
     return value.strip() or None if scheme.lower() == "bearer" else None
 

@@ -8,6 +8,7 @@ those routes), and turns any escaped exception into the common error shape.
 
 from __future__ import annotations
 
+import itertools
 import logging
 import os
 import re
@@ -37,8 +38,23 @@ class BodyTooLarge(Exception):
     pass
 
 
+_RID_PREFIX = os.urandom(4).hex()  # per process: ids stay unique across workers and restarts
+_rid_counter = itertools.count(1)
+
+
+def _new_rid_prefix() -> None:
+    global _RID_PREFIX, _rid_counter
+    _RID_PREFIX = os.urandom(4).hex()
+    _rid_counter = itertools.count(1)
+
+
+os.register_at_fork(after_in_child=_new_rid_prefix)  # forked workers never share a prefix
+
+
 def new_request_id() -> str:
-    return os.urandom(8).hex()
+    """16 hex digits: a random per-process prefix and a counter (a counter costs a fraction of a
+    random read, and request ids need to be unique, not secret)."""
+    return "%s%08x" % (_RID_PREFIX, next(_rid_counter) & 0xFFFFFFFF)
 
 
 async def send_json(send: Send, status: int, body: bytes, request_id: str,

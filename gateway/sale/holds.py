@@ -27,8 +27,16 @@ def invalid(message: str, **details: Any) -> DomainError:
     return DomainError("validation_error", message, details=details, status=422)
 
 
+_iso_second: tuple[int, str] = (-1, "")
+
+
 def iso_ms(ms: int) -> str:
-    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(ms // 1000)) + ".%03dZ" % (ms % 1000)
+    """`2026-01-31T20:00:00.123Z` (the whole-second part is formatted once per second)."""
+    global _iso_second
+    second = ms // 1000
+    if _iso_second[0] != second:
+        _iso_second = (second, time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second)))
+    return "%s.%03dZ" % (_iso_second[1], ms % 1000)
 
 
 def event_of_hold(hold_id: str) -> int:

@@ -172,11 +172,18 @@ class QueueCache:
             await self.refresh([self.views[event_id]])
 
     # -- queue mode (holds and checkout) -------------------------------------------------
-    async def queue_mode(self, event_id: int) -> bool:
+    def known_mode(self, event_id: int) -> bool | None:
+        """The cached queue mode of an event, or None when this worker must read it first."""
         hit = self.modes.get(event_id)
-        now = time.monotonic()
-        if hit is not None and (hit[1] > now or hit[0] is not None):
+        if hit is not None and (hit[0] is not None or hit[1] > time.monotonic()):
             return bool(hit[0])
+        return None
+
+    async def queue_mode(self, event_id: int) -> bool:
+        known = self.known_mode(event_id)
+        if known is not None:
+            return known
+        now = time.monotonic()
         # First sight of this event in this worker: one read, then cached and refreshed in the
         # background. Guessing either way would be wrong: "off" lets buyers past the queue, "on"
         # refuses buyers of events without one.

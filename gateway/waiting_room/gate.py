@@ -40,7 +40,11 @@ class BuyerGate:
         """The buyer of a hold or checkout request. In queue mode the buyer also needs an admission
         token for this event issued to this buyer; giving inventory back never needs one."""
         buyer = self.buyer(buyer_token)
-        if releasing or self.cache is None or not await self.cache.queue_mode(event_id):
+        cache = self.cache
+        if releasing or cache is None:
+            return buyer
+        mode = cache.known_mode(event_id)
+        if not (mode if mode is not None else await cache.queue_mode(event_id)):
             return buyer
         if not admission_token:
             raise DomainError("admission_required", "This sale has a waiting room: join it with POST "
