@@ -219,6 +219,7 @@ async def test_build_payment_provider(simulator_url: str, sim: httpx.Client, are
         assert state["state"] == "closed"
     finally:
         await provider.aclose()
+        await runtime.close()
     with pytest.raises(TypeError):
         build_payment_provider(settings)
 
