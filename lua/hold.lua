@@ -1,5 +1,5 @@
 -- hold: hold reserved seats, all or nothing.
--- KEYS:  the 12 event keys of common.lua.
+-- KEYS:  the 13 event keys of common.lua.
 -- ARGV[1] hold_id (made by the gateway; a retry with the same id and buyer returns the same hold)
 -- ARGV[2] buyer
 -- ARGV[3] group size g (seats per candidate group)

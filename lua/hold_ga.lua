@@ -1,5 +1,5 @@
 -- hold_ga: hold a quantity of one general-admission ticket type, all or nothing.
--- KEYS:  the 12 event keys of common.lua.
+-- KEYS:  the 13 event keys of common.lua.
 -- ARGV[1] hold_id · ARGV[2] buyer · ARGV[3] ticket type code · ARGV[4] quantity (>= 1)
 -- Returns {status, JSON}:
 --   ok             {hold_id, ga {type: n}, expires_at_ms, count, version}

@@ -1,5 +1,5 @@
 -- release: the buyer gives a hold back before it expires.
--- KEYS:  the 12 event keys of common.lua.
+-- KEYS:  the 13 event keys of common.lua.
 -- ARGV[1] hold_id · ARGV[2] buyer
 -- Returns {status, JSON}: ok {hold_id, version} · hold_not_found · forbidden ·
 --   hold_expired (already given back) · invalid_state {state} (payment in progress)

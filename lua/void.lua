@@ -1,5 +1,5 @@
 -- void: a refunded order's seats and GA tickets go back on sale (sold -> free).
--- KEYS:  the 12 event keys of common.lua.
+-- KEYS:  the 13 event keys of common.lua.
 -- ARGV[1] order_id · ARGV[2] refund JSON (who, why, provider refund id)
 -- Returns {status, JSON}: ok {order_id, seats, ga, count, version, replay} · order_not_found
 -- Keeps: idempotent (a second void changes nothing); the void is appended to the ledger

@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import logging
+import os
 import time
 from typing import Any
 
@@ -27,17 +28,18 @@ from gateway.core.tokens import TokenSigner
 from gateway.orders.confirmations import Confirmations
 from gateway.orders.tickets import EventInfo
 from gateway.providers.payments import PaymentDeclined, PaymentProvider, ProviderUnavailable
-from gateway.sale.snapshots import SnapshotManager
+from gateway.sale.layout import EventLayout
+from gateway.sale.snapshots import EventView, SnapshotManager
 from gateway.store.scripts import Scripts
 from gateway.sale import inventory
 from gateway.sale.holds import event_of_hold
-from gateway.waiting_room.admin import report_checkout_latency
 from gateway.orders.tickets import event_info, order_id_for, order_total, public_ticket, ticket_rows
-from gateway.store.keys import checkout_lock, checkout_records, event_key, ledger_dirty_set
+from gateway.store.keys import checkout_lock, checkout_records, event_key, event_keys, ledger_dirty_set, qkey
 
 log = logging.getLogger("flashgate.checkout")
 
 LOCK_MS = 30_000
+LATENCY_ALPHA = 0.2  # weight of one checkout in the latency EWMA the admission leader reads
 WAIT_FOR_OTHER_S = 10.0
 FINAL_CODES = {"payment_declined", "hold_expired", "hold_not_found", "forbidden", "invalid_state"}
 
@@ -46,18 +48,17 @@ def fingerprint(hold_id: str, body: dict[str, Any]) -> str:
     return hashlib.sha256(orjson.dumps({"hold": hold_id, "body": body}, option=orjson.OPT_SORT_KEYS)).hexdigest()
 
 
-def _settled(raw: bytes, fp: str, key: str) -> dict[str, Any] | None:
-    """The stored answer of a finished attempt (or its stored refusal, raised); None while unfinished."""
-    rec = orjson.loads(raw)
-    if rec["fp"] != fp:
-        raise DomainError("idempotency_conflict", "This Idempotency-Key was used with another request.",
-                          details={"idempotency_key": key}, status=422)
-    if rec["state"] == "done":
-        return rec["result"]
-    if rec["state"] == "failed":
-        err = rec["error"]
-        raise DomainError(err["code"], err["message"], details=err["details"])
-    return None
+def checkout_keys(prefix: str, event_id: int, field: str) -> list[str]:
+    """KEYS of checkout_begin / checkout_abort / checkout_confirm (all under the event's hash tag)."""
+    return [*event_keys(prefix, event_id), checkout_records(prefix, event_id), checkout_lock(prefix, event_id, field),
+            qkey(prefix, event_id, "state")]
+
+
+def stored_error(error: dict[str, Any]) -> DomainError:
+    """The refusal a key's attempt ended with, as it was first answered."""
+    code = error.get("code", "invalid_state")
+    message = error.get("message") or inventory.MESSAGES.get(code, code.replace("_", " ").capitalize() + ".")
+    return DomainError(code, message, details=error.get("details") or {})
 
 
 def attempt_lock(redis: Redis, prefix: str, event_id: int, field: str) -> Lock:
@@ -119,65 +120,57 @@ class Checkout:
 
     async def checkout(self, *, event_id: int, hold_id: str, buyer: str, key: str, body: dict[str, Any]
                        ) -> dict[str, Any]:
+        """Pay for a hold, once per Idempotency-Key. Redis round trips of a purchase: one script before
+        the payment (record + lock + begin_checkout), one after (record + confirm + latency + unlock),
+        one to wake the ledger worker (see docs/checkout.md)."""
         if not 8 <= len(key) <= 200 or not key.isprintable():
             raise DomainError("validation_error", "The Idempotency-Key header must be 8 to 200 printable characters.",
                               status=422)
-        records = checkout_records(self.prefix, event_id)
+        started = time.monotonic()
         field = f"{buyer}|{key}"
         fp = fingerprint(hold_id, body)
         order_id = order_id_for(event_id, hold_id, buyer, key)
-        lock = attempt_lock(self.redis, self.prefix, event_id, field)
-        deadline = time.monotonic() + WAIT_FOR_OTHER_S
+        keys = checkout_keys(self.prefix, event_id, field)
+        token = os.urandom(8).hex()
+        view = await self.snapshots.get(event_id)
+        info = await event_info(self.redis, self.prefix, event_id, self.infos, sealer=self.sealer)
+        deadline = started + WAIT_FOR_OTHER_S
         while True:
-            raw = await self.redis.hget(records, field)
-            if raw is not None and (answer := _settled(raw, fp, key)) is not None:
-                return answer
-            if await lock.acquire():
+            reply = await self.scripts.call("checkout_begin", keys, [hold_id, buyer, key, field, fp, order_id, token,
+                                                                     LOCK_MS])
+            if reply.status != "busy":
                 break
             if time.monotonic() > deadline:  # the first attempt is still running
                 raise DomainError("busy", "This checkout is still being processed; retry with the same key.",
                                   headers={"Retry-After": "1"})
             await asyncio.sleep(0.05)
+        if reply.status == "idempotency_conflict":
+            raise DomainError("idempotency_conflict", "This Idempotency-Key was used with another request.",
+                              details={"idempotency_key": key}, status=422)
+        if reply.status == "settled":
+            record = reply.data["record"]
+            if record["state"] == "failed":
+                raise stored_error(record["error"])
+            return self._answer(event_id, record["order_id"], orjson.loads(reply.data["order"]), view.layout, info)
+        hold = inventory.raise_for(reply)
         try:
-            if raw is None and not await self.redis.hsetnx(records, field, orjson.dumps(
-                    {"fp": fp, "state": "started", "order_id": order_id})):
-                # Another attempt wrote its record (and let go of the lock) since we looked: follow it.
-                raw = await self.redis.hget(records, field)
-                if (answer := _settled(raw, fp, key)) is not None:
-                    return answer
-            started = time.monotonic()
-            try:
-                result = await self._run(event_id=event_id, hold_id=hold_id, buyer=buyer, key=key, body=body,
-                                         order_id=order_id, resumed=raw is not None)
-            except DomainError as err:
-                if err.code in FINAL_CODES:
-                    await self.redis.hset(records, field, orjson.dumps({
-                        "fp": fp, "state": "failed", "order_id": order_id,
-                        "error": {"code": err.code, "message": err.message, "details": err.details}}))
-                raise
-            await self.redis.hset(records, field, orjson.dumps({"fp": fp, "state": "done", "order_id": order_id,
-                                                                "result": result}))
-            try:  # the waiting room slows admission when checkouts get slow (backpressure)
-                await report_checkout_latency(redis=self.redis, prefix=self.prefix, event_id=event_id,
-                                              ms=(time.monotonic() - started) * 1000)
-            except RedisError:
-                pass
-            return result
-        finally:
-            await let_go(lock)
+            return await self._pay(event_id=event_id, hold=hold, buyer=buyer, key=key, body=body, order_id=order_id,
+                                   field=field, fp=fp, keys=keys, token=token, view=view, info=info,
+                                   started=started)
+        except DomainError:
+            raise  # every path that answers has let go of the lock already
+        except BaseException:
+            # Anything unexpected (Redis gone, cancelled): let go of the attempt's lock if we still hold it,
+            # so a retry with the same key does not wait for it to expire. The hold stays paying with this
+            # key, and the retry resumes it.
+            await self._let_go(keys, hold_id, buyer, field, token)
+            raise
 
-    async def _run(self, *, event_id: int, hold_id: str, buyer: str, key: str, body: dict[str, Any],
-                   order_id: str, resumed: bool) -> dict[str, Any]:
-        view = await self.snapshots.get(event_id)
+    async def _pay(self, *, event_id: int, hold: dict[str, Any], buyer: str, key: str, body: dict[str, Any],
+                   order_id: str, field: str, fp: str, keys: list[str], token: str, view: EventView,
+                   info: EventInfo, started: float) -> dict[str, Any]:
+        hold_id = hold["hold_id"]
         layout = view.layout
-        info = await event_info(self.redis, self.prefix, event_id, self.infos, sealer=self.sealer)
-        ctx = {"scripts": self.scripts, "prefix": self.prefix, "event_id": event_id}
-        # A resumed attempt (a record exists) may have confirmed already: then only the answer is missing.
-        # A first attempt cannot have, and skips the lookup.
-        done = await self.redis.hget(event_key(self.prefix, event_id, "orders"), order_id) if resumed else None
-        if done is not None:
-            return self._answer(event_id, order_id, orjson.loads(done), layout, info, body)
-        hold = await inventory.begin_checkout(**ctx, hold_id=hold_id, buyer=buyer, checkout_key=key)
         amount = order_total(layout, hold.get("seats") or [], hold.get("ga") or {})
         method = str(body.get("payment_method") or "card")
         try:
@@ -185,49 +178,47 @@ class Checkout:
                                                  currency=layout.currency, reference=f"{order_id}:{method}")
             payment = await self.provider.capture(idempotency_key=f"{order_id}:capture", payment_id=auth.payment_id,
                                                   amount_minor=amount)
-        except PaymentDeclined as exc:
-            await self._abort(ctx, hold_id, buyer, key)
-            raise exc.to_domain() from None
-        except ProviderUnavailable as exc:
-            await self._abort(ctx, hold_id, buyer, key)
-            raise exc.to_domain() from None
-        # Money is taken: say so in the record, so that a checkout which dies before `confirm` is
-        # either finished by a retry with the same key or refunded by `recover` — never forgotten.
-        await self.redis.hset(checkout_records(self.prefix, event_id), f"{buyer}|{key}", orjson.dumps({
-            "fp": fingerprint(hold_id, body), "state": "paid", "order_id": order_id, "hold_id": hold_id,
-            "payment_id": payment.payment_id, "amount_minor": amount, "currency": layout.currency,
-            "since": time.time()}))
-        order = {"payment_id": payment.payment_id, "provider": self.provider.name,
-                 "amount_minor": amount, "currency": layout.currency, "email": body.get("email"),
-                 "idempotency_key": key, "organisation_id": info.organisation_id}
+        except (PaymentDeclined, ProviderUnavailable) as exc:
+            err = exc.to_domain()
+            final = isinstance(exc, PaymentDeclined)  # a declined card is the key's answer; an outage is not
+            await self.scripts.call("checkout_abort", keys, [
+                hold_id, buyer, key, field, token,
+                orjson.dumps({"code": err.code, "message": err.message, "details": err.details}) if final else ""])
+            raise err from None
+        # Money is taken: the confirm script records it on the key's record first, so a checkout that dies
+        # before `confirm` is finished by a retry with the same key or refunded by recovery — never forgotten.
+        paid = orjson.dumps({"fp": fp, "state": "paid", "order_id": order_id, "hold_id": hold_id,
+                             "payment_id": payment.payment_id, "amount_minor": amount, "currency": layout.currency,
+                             "since": time.time()})
+        order = orjson.dumps({"payment_id": payment.payment_id, "provider": self.provider.name,
+                              "amount_minor": amount, "currency": layout.currency, "email": body.get("email"),
+                              "idempotency_key": key, "organisation_id": info.organisation_id})
+        args = [hold_id, buyer, order_id, order, field, paid, token, round((time.monotonic() - started) * 1000, 1),
+                LATENCY_ALPHA]
         try:
-            confirmed = await self._confirm(ctx, hold_id, buyer, order_id, order)
+            confirmed = await self._confirm(("HSET", checkout_records(self.prefix, event_id), field, paid), keys, args)
         except DomainError as err:
-            if err.code not in FINAL_CODES:
+            if err.code not in FINAL_CODES:  # not recorded yet: a retry with the same key resumes
+                await self._let_go(keys, hold_id, buyer, field, token)
                 raise
             await refund_orphan(redis=self.redis, provider=self.provider, prefix=self.prefix, event_id=event_id,
                                 order_id=order_id, hold_id=hold_id, payment_id=payment.payment_id, amount=amount,
                                 currency=layout.currency, reason=err.code)
-            raise DomainError("hold_expired" if err.code in ("hold_expired", "hold_not_found") else err.code,
-                              "Your hold ended before the payment completed; the payment was refunded.",
-                              details={"hold_id": hold_id, "refunded": True, "reason": err.code}) from None
-        result = self._answer(event_id, order_id, confirmed, layout, info, body)
-        if self.confirmations is not None:
-            try:
-                await self.confirmations.order_paid(event_id=event_id, info=info, result=result,
-                                                    email=body.get("email"))
-            except Exception as exc:  # a notification never fails a sale
-                log.warning("notification not queued", extra={"order_id": order_id, "error": repr(exc)})
+            refused = DomainError("hold_expired" if err.code in ("hold_expired", "hold_not_found") else err.code,
+                                  "Your hold ended before the payment completed; the payment was refunded.",
+                                  details={"hold_id": hold_id, "refunded": True, "reason": err.code})
+            await self.scripts.call("checkout_abort", keys, [hold_id, buyer, key, field, token, orjson.dumps(
+                {"code": refused.code, "message": refused.message, "details": refused.details})])
+            raise refused from None
+        result = self._answer(event_id, order_id, confirmed, layout, info)
+        await asyncio.gather(self._wake_ledger(event_id), self._notify(event_id, info, result, body))
         return result
 
-    async def _confirm(self, ctx: dict[str, Any], hold_id: str, buyer: str, order_id: str,
-                       order: dict[str, Any]) -> dict[str, Any]:
+    async def _confirm(self, record_paid: tuple[Any, ...], keys: list[str], args: list[Any]) -> dict[str, Any]:
         delay = 0.05
         for attempt in range(5):
             try:
-                confirmed = await inventory.confirm(**ctx, hold_id=hold_id, buyer=buyer, order_id=order_id, order=order)
-                await self.redis.sadd(ledger_dirty_set(self.prefix), ctx["event_id"])  # after the XADD: ledger worker
-                return confirmed
+                return inventory.raise_for(await self.scripts.call_after(record_paid, "checkout_confirm", keys, args))
             except RedisError:
                 if attempt == 4:
                     # Paid but not yet confirmed: a retry with the same key resumes here.
@@ -237,14 +228,29 @@ class Checkout:
                 delay *= 2
         raise AssertionError("unreachable")
 
-    async def _abort(self, ctx: dict[str, Any], hold_id: str, buyer: str, key: str) -> None:
+    async def _let_go(self, keys: list[str], hold_id: str, buyer: str, field: str, token: str) -> None:
+        """Let go of the attempt's lock (only if still ours), leaving the hold and the record as they are."""
         try:
-            await inventory.abort_checkout(**ctx, hold_id=hold_id, buyer=buyer, checkout_key=key)
-        except (DomainError, RedisError):
+            await self.scripts.call("checkout_abort", keys, [hold_id, buyer, "", field, token, ""])
+        except Exception:  # Redis away: the lock expires by itself
             pass
 
-    def _answer(self, event_id: int, order_id: str, confirmed: dict[str, Any], layout: Any, info: Any,
-                body: dict[str, Any]) -> dict[str, Any]:
+    async def _wake_ledger(self, event_id: int) -> None:
+        try:  # after the XADD (in checkout_confirm); the ledger worker also finds on-sale events by itself
+            await self.redis.sadd(ledger_dirty_set(self.prefix), event_id)
+        except RedisError:
+            pass
+
+    async def _notify(self, event_id: int, info: EventInfo, result: dict[str, Any], body: dict[str, Any]) -> None:
+        if self.confirmations is None:
+            return
+        try:
+            await self.confirmations.order_paid(event_id=event_id, info=info, result=result, email=body.get("email"))
+        except Exception as exc:  # a notification never fails a sale
+            log.warning("notification not queued", extra={"order_id": result["order_id"], "error": repr(exc)})
+
+    def _answer(self, event_id: int, order_id: str, confirmed: dict[str, Any], layout: EventLayout,
+                info: EventInfo) -> dict[str, Any]:
         rows = ticket_rows(event_id=event_id, order_id=order_id, confirmed=confirmed, private_key=info.private_key,
                            layout=layout)
         seats = confirmed.get("seats") or []

@@ -11,6 +11,7 @@ here: the script is loaded and the call repeated once.
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import re
 from pathlib import Path
@@ -20,7 +21,7 @@ import orjson
 from redis.exceptions import NoScriptError, ResponseError
 
 from gateway.core.resources import LUA_DIR
-from gateway.store.wire import WireConnection, encode_head, encode_with
+from gateway.store.wire import WireConnection, encode, encode_head, encode_with
 
 _INCLUDE = re.compile(r"^--!include (\w+)\s*$", re.MULTILINE)
 _HEADS_MAX = 10_000
@@ -101,6 +102,22 @@ class Scripts:
 
     async def call(self, name: str, keys: list[str], args: list[Any]) -> Reply:
         return parse_reply(await self.raw(name, keys, args))
+
+    async def call_after(self, command: tuple[Any, ...], name: str, keys: list[str], args: list[Any]) -> Reply:
+        """Send a plain command, then the script, in the same write (one round trip on the wire
+        connection; Redis runs them in that order). Used where a record must be durable before the
+        script acts, without paying a round trip for it."""
+        wire = self.wire
+        if wire is None:
+            await self.redis.execute_command(*command)
+            return await self.call(name, keys, args)
+        first = wire.call(encode(*command))  # queued now: it leaves before the script below
+        try:
+            reply = await self.call(name, keys, args)
+        finally:
+            await asyncio.gather(first, return_exceptions=True)  # never leave its error unretrieved
+        await first
+        return reply
 
     def _encode(self, script: Script, keys: list[str], args: list[Any]) -> bytes:
         # The command head (EVALSHA sha numkeys keys...) is the same for every call on one event.

@@ -15,10 +15,14 @@
 --   KEYS[10] orders   HASH   order_id -> JSON result of confirm (idempotent replays), "void" flag inside
 --   KEYS[11] ga       HASH   cap:<type>, held:<type>, sold:<type>
 --   KEYS[12] serial   STRING ticket serial counter
+--   KEYS[13] gone     ZSET   hold_id -> when it expired (ms): tombstones, kept TOMB_MS, so a late
+--                            checkout or release of an expired hold hears "hold_expired", not "not found"
 -- Time comes from the Redis clock (TIME), so every caller agrees on expiry.
 
 local K_META, K_SOLD, K_HELD, K_HOLDS, K_HDATA, K_SEATOWN, K_BUYERS, K_CHANGES, K_LEDGER, K_ORDERS, K_GA, K_SERIAL =
   KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6], KEYS[7], KEYS[8], KEYS[9], KEYS[10], KEYS[11], KEYS[12]
+local K_GONE = KEYS[13]
+local TOMB_MS = 600000
 
 local OP_HOLD, OP_RELEASE, OP_SELL, OP_VOID, OP_EXPIRE = 1, 2, 3, 4, 5
 local CHANGES_MAXLEN = 100000
@@ -70,6 +74,7 @@ local function drop_hold(hold_id, rec, op)
   if redis.call('HINCRBY', K_BUYERS, rec.b, -rec.n) <= 0 then redis.call('HDEL', K_BUYERS, rec.b) end
   redis.call('ZREM', K_HOLDS, hold_id)
   redis.call('HDEL', K_HDATA, hold_id)
+  if op == OP_EXPIRE then redis.call('ZADD', K_GONE, now_ms(), hold_id) end
   return record_change(op, rec.s, rec.g, -1)
 end
 
@@ -82,6 +87,7 @@ end
 
 -- Expire up to `max` holds whose expiry has passed. Returns how many.
 local function sweep(now, max)
+  redis.call('ZREMRANGEBYSCORE', K_GONE, '-inf', now - TOMB_MS)
   local ids = redis.call('ZRANGEBYSCORE', K_HOLDS, '-inf', now, 'LIMIT', 0, max)
   for i = 1, #ids do
     local raw = redis.call('HGET', K_HDATA, ids[i])
@@ -97,7 +103,10 @@ end
 -- A hold record that the caller may act on, or an error reply.
 local function owned_hold(hold_id, buyer, now)
   local raw = redis.call('HGET', K_HDATA, hold_id)
-  if not raw then return nil, reply('hold_not_found', {hold_id = hold_id}) end
+  if not raw then
+    if redis.call('ZSCORE', K_GONE, hold_id) then return nil, reply('hold_expired', {hold_id = hold_id}) end
+    return nil, reply('hold_not_found', {hold_id = hold_id})
+  end
   local rec = decode_hold(raw)
   if rec.b ~= buyer then return nil, reply('forbidden', {hold_id = hold_id}) end
   local exp = tonumber(redis.call('ZSCORE', K_HOLDS, hold_id))

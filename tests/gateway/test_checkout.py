@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 
 import pytest
@@ -204,6 +205,19 @@ async def test_refund_returns_seats_and_voids_tickets(client, event, app, pg):
     assert order["order_id"] in [o["order_id"] for o in listed.json()["orders"]]
 
 
+def confirm_lost_after_record(app):
+    """Fault injection: the "paid" record reaches Redis, then the connection dies before confirm."""
+    from redis.exceptions import ConnectionError as RedisConnectionError
+
+    redis = app.gateway.runtime.redis
+
+    async def call_after(command, name, keys, args):
+        await redis.execute_command(*command)
+        raise RedisConnectionError("connection lost")
+
+    return call_after
+
+
 async def test_redis_failing_between_payment_and_confirm(client, event, app, sim, monkeypatch, redis_sync, settings):
     """Paid, then Redis fails at confirm: the buyer is told to retry with the same key. If the hold
     then ends without a retry, recovery refunds the payment; a retry afterwards gets that answer."""
@@ -213,11 +227,7 @@ async def test_redis_failing_between_payment_and_confirm(client, event, app, sim
 
     me = await buyer(client)
     h = await hold(client, event, me, {"seats": ["B-1-1"]})
-
-    async def broken_confirm(**kwargs):
-        raise RedisConnectionError("connection lost")
-
-    monkeypatch.setattr(checkout_module.inventory, "confirm", broken_confirm)
+    monkeypatch.setattr(app.gateway.checkout.scripts, "call_after", confirm_lost_after_record(app))
     resp = await checkout(client, h["hold_id"], me, key="k-redis-gone")
     assert resp.status_code == 503 and resp.json()["error"]["code"] == "unavailable", resp.text
     monkeypatch.undo()
@@ -246,16 +256,134 @@ async def test_a_retry_after_redis_failure_completes_the_order(client, event, ap
 
     me = await buyer(client)
     h = await hold(client, event, me, {"seats": ["B-1-2"]})
-    real = checkout_module.inventory.confirm
-
-    async def broken_confirm(**kwargs):
-        raise RedisConnectionError("connection lost")
-
-    monkeypatch.setattr(checkout_module.inventory, "confirm", broken_confirm)
+    monkeypatch.setattr(app.gateway.checkout.scripts, "call_after", confirm_lost_after_record(app))
     assert (await checkout(client, h["hold_id"], me, key="k-retry-ok")).status_code == 503
-    monkeypatch.setattr(checkout_module.inventory, "confirm", real)
+    monkeypatch.undo()
     ok = await checkout(client, h["hold_id"], me, key="k-retry-ok")
     assert ok.status_code == 201, ok.text
     stats = sim.get("/_stats").json()
     assert stats.get("authorized") == 1 and stats.get("replayed") == 2 and not stats.get("refund"), \
         "the retry replays the same payment (idempotency keys), never a second one"
+
+
+async def test_a_declined_payment_does_not_keep_the_seats_off_sale(client, app, database_url, settings, redis_sync,
+                                                                  sim):
+    """A declined card gives the hold its own expiry back (not the 120 s payment window): a 5 s hold
+    is back on sale about 5 s after it was taken, however many attempts were declined."""
+    _, key = await new_org(database_url)
+    event = await open_event(client, key, seat_spec(ga={"floor": 3}, ttl=5))
+    me = await buyer(client)
+    h = await hold(client, event, me, {"ga": {"floor": 1}})
+    for attempt in range(3):
+        resp = await checkout(client, h["hold_id"], me, key=f"k-declined-{attempt}",
+                              body={"payment_method": "decline-card"})
+        assert resp.status_code == 402, resp.text
+    score = redis_sync.zscore(event_key(settings.redis_prefix, event["id"], "holds"), h["hold_id"])
+    assert int(score) == h["expires_at_ms"], "each declined attempt restored the hold's own expiry"
+    from gateway.sale import inventory
+
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        # what the expiry worker does every 200 ms
+        await inventory.expire(scripts=app.gateway.runtime.scripts, prefix=settings.redis_prefix, event_id=event["id"])
+        avail = (await client.get(f"/v1/events/{event['id']}/availability", params={"seats": 0})).json()
+        if avail["ga"][0]["available"] == 3:
+            break
+        await asyncio.sleep(0.2)
+    assert avail["ga"][0]["available"] == 3, "the ticket came back on sale at the hold's own expiry"
+    assert time.time() * 1000 < h["expires_at_ms"] + 6000
+
+
+async def test_an_expired_hold_answers_hold_expired(client, database_url, settings, redis_sync, sim):
+    """After the expiry sweep removed a hold, checkout and release still say 409 hold_expired (a
+    tombstone), not 404 — the contract's answer for a hold that ran out."""
+    _, key = await new_org(database_url)
+    event = await open_event(client, key, seat_spec(ga={"floor": 3}, ttl=5))
+    me = await buyer(client)
+    h = await hold(client, event, me, {"ga": {"floor": 1}})
+    redis_sync.zadd(event_key(settings.redis_prefix, event["id"], "holds"), {h["hold_id"]: 1})  # time is up
+    from gateway.sale import inventory
+    from gateway.store.scripts import Scripts
+    from gateway.store.redis import redis_client
+
+    client_ = redis_client(settings.redis_url)
+    try:
+        swept = await inventory.expire(scripts=Scripts(client_), prefix=settings.redis_prefix, event_id=event["id"])
+    finally:
+        await client_.aclose()
+    assert swept["expired"] == 1
+    resp = await checkout(client, h["hold_id"], me, key="k-after-expiry")
+    assert resp.status_code == 409 and resp.json()["error"]["code"] == "hold_expired", resp.text
+    gone = await client.delete(f"/v1/holds/{h['hold_id']}", headers=me)
+    assert gone.status_code == 409 and gone.json()["error"]["code"] == "hold_expired", gone.text
+    never = await client.delete(f"/v1/holds/{event['id']}-0000", headers=me)
+    assert never.status_code == 404
+
+
+async def test_a_purchase_costs_two_script_calls(settings, database_url, sim, tmp_path):
+    """Redis round trips of one purchase: checkout_begin before the payment, the paid record and
+    checkout_confirm in one write after it, and one SADD to wake the ledger (docs/checkout.md)."""
+    import httpx
+
+    from gateway.api.app import create_app
+    from gateway.stack.embedded import RedisServer
+
+    server = RedisServer(tmp_path / "redis").start()
+    try:
+        app = create_app(settings.model_copy(update={"redis_url": server.url, "redis_prefix": "rt"}))
+        async with app.fastapi.router.lifespan_context(app.fastapi):
+            transport = httpx.ASGITransport(app=app, raise_app_exceptions=False)
+            async with httpx.AsyncClient(transport=transport, base_url="http://gw") as c:
+                _, key = await new_org(database_url)
+                event = await open_event(c, key, seat_spec(ga={"floor": 5}))
+                me = await buyer(c)
+                h = await hold(c, event, me, {"ga": {"floor": 1}})
+                await asyncio.sleep(0.3)  # snapshot loaded, first reads cached
+                with commands_sent(server.url) as sent:
+                    resp = await checkout(c, h["hold_id"], me, key="k-round-trips", body={"payment_method": "card"})
+                    await asyncio.sleep(0.2)
+        assert resp.status_code == 201, resp.text
+        counted = ("evalsha", "hset", "hget", "hsetnx", "set", "get", "del", "sadd", "xadd", "eval")
+        used = {name: n for name, n in sent.items() if name in counted}
+        assert used == {"evalsha": 2, "hset": 1, "sadd": 1}, sent
+    finally:
+        server.stop()
+
+
+@contextlib.contextmanager
+def commands_sent(url: str):
+    """Commands clients sent to Redis while the block ran (MONITOR; commands run inside scripts are
+    left out), by name."""
+    import threading
+
+    import redis
+
+    counts: dict[str, int] = {}
+    stop = threading.Event()
+    ready = threading.Event()
+
+    def watch() -> None:
+        r = redis.Redis.from_url(url)
+        try:
+            with r.monitor() as m:
+                ready.set()
+                for entry in m.listen():
+                    if stop.is_set():
+                        break
+                    if entry.get("client_type") == "lua" or entry.get("client_address") == "lua":
+                        continue
+                    name = entry["command"].split(" ", 1)[0].strip('"').lower()
+                    counts[name] = counts.get(name, 0) + 1
+        finally:
+            r.close()
+
+    thread = threading.Thread(target=watch, daemon=True)
+    thread.start()
+    ready.wait(5)
+    time.sleep(0.05)
+    try:
+        yield counts
+    finally:
+        stop.set()
+        redis.Redis.from_url(url).ping()  # one more line so the watcher sees `stop`
+        thread.join(5)

@@ -173,7 +173,28 @@ async def test_expired_hold_returns_seats_and_cannot_be_confirmed(scripts, redis
     for h in (hold, ga):
         with pytest.raises(DomainError) as err:
             await inv.confirm(**c, hold_id=h["hold_id"], buyer="alice", order_id=new_id(), order={})
-        assert err.value.code == "hold_not_found"
+        assert err.value.code == "hold_expired", "a swept hold leaves a tombstone: 409 hold_expired, not 404"
+        with pytest.raises(DomainError) as err:
+            await inv.release(**c, hold_id=h["hold_id"], buyer="alice")
+        assert err.value.code == "hold_expired"
+    with pytest.raises(DomainError) as err:
+        await inv.release(**c, hold_id="never-existed", buyer="alice")
+    assert err.value.code == "hold_not_found"
+
+
+async def test_a_failed_payment_gives_the_hold_its_own_expiry_back(scripts, redis_prefix, event_id):
+    """begin_checkout extends a hold for the payment window; abort_checkout (declined, provider
+    down) restores the hold's own expiry, so repeated failed attempts never keep seats off sale."""
+    c = ctx(scripts, redis_prefix, event_id)
+    await open_event(scripts, redis_prefix, event_id, n_seats=10, ttl_s=5)
+    hold = await inv.hold_seats(**c, hold_id=new_id(), buyer="alice", seats=[3])
+    own = hold["expires_at_ms"]
+    for attempt in range(3):
+        paying = await inv.begin_checkout(**c, hold_id=hold["hold_id"], buyer="alice", checkout_key=f"k{attempt}")
+        assert paying["expires_at_ms"] > own + 60_000, "the payment window covers the payment"
+        await inv.abort_checkout(**c, hold_id=hold["hold_id"], buyer="alice", checkout_key=f"k{attempt}")
+        score = await scripts.redis.zscore(f"{redis_prefix}:{{ev:{event_id}}}:holds", hold["hold_id"])
+        assert int(score) == own, "back to the hold's own expiry after a failed payment"
 
 
 async def test_a_hold_reclaims_expired_seats_it_meets(scripts, redis_prefix, event_id):
