@@ -51,6 +51,18 @@ class ProviderSettings(BaseSettings):
     retry_attempts: int = 3
     retry_initial_s: float = 0.05
     retry_max_s: float = 0.5
+    # Adaptive concurrency limit (gateway/providers/limiter.py, docs/providers.md "Pacing"), per process.
+    limit_initial: int = 16              # starting limit (calls in flight)
+    limit_min: int = 2                   # never below
+    limit_max: int = 64                  # never above; also capped by max_concurrency (the bulkhead)
+    limit_tolerance: float = 2.0         # latency up to this multiple of the baseline RTT is not queueing
+    limit_smoothing: float = 0.2         # share of the gradient step taken per round trip of the window
+    limit_latency_target_s: float | None = None  # RTT above this shrinks the limit; None: timeout_s / 3
+    limit_throttle_backoff: float = 0.5  # a 429 multiplies the limit by this (at most once per RTT)
+    limit_baseline_window_s: float = 30.0  # time constant of the baseline RTT drifting up
+    queue_max: int = 512                 # callers waiting for a slot, at most; beyond: shed (busy)
+    queue_margin_rtts: float = 1.5       # a call leaves only with this many RTTs of budget left
+    breaker_trial_lease_s: float | None = None  # one trial across processes; None: timeout_s + 1
 
 
 class NotifySettings(BaseSettings):
@@ -132,8 +144,10 @@ class Settings(BaseSettings):
     queue_lease_ms: int = 2000                 # leader lease; a dead leader is replaced after this
     queue_max_active_holds: int = 5000         # backpressure: admission slows above 80 %, stops at 100 %
     queue_max_checkout_ms: float = 3000.0      # backpressure on the checkout latency (EWMA)
-    queue_tickets_per_buyer: float = 2.0       # expected tickets per admitted buyer (inventory pause)
-    queue_decision_s: float = 60.0             # admitted buyers count as pending demand for about this long
+    queue_tickets_per_buyer: float = 2.0       # prior of the measured tickets per admitted buyer (inventory budget)
+    queue_tickets_prior_n: float = 20.0        # weight of that prior, in buyers (measured data takes over after)
+    queue_decision_s: float = 60.0             # an admitted buyer who has not acted counts as pending demand at most
+                                               # this long (less when buyers are measured to react faster)
     queue_expiring_window_s: float = 60.0      # holds expiring within this window count as coming back
     queue_poll_per_ip_per_s: float = 200.0     # in-process, per worker
     queue_poll_per_token_per_s: float = 2.0    # in-process, per worker (burst 5x)

@@ -17,7 +17,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-import httpx
+import aiohttp
 import orjson
 import redis.asyncio as aioredis
 from tenacity import (AsyncRetrying, RetryCallState, retry_if_exception_type, wait_exponential,
@@ -27,6 +27,7 @@ from gateway.core.config import ProviderSettings, Settings
 from gateway.core.errors import DomainError
 from gateway.providers.breaker import BreakerOpen, SharedBreaker
 from gateway.providers.bulkhead import Bulkhead, BulkheadFull
+from gateway.providers.limiter import AdaptiveLimiter, LimiterShed
 
 
 @dataclass(frozen=True)
@@ -69,6 +70,24 @@ class ProviderFailure(ProviderUnavailable):
     """A transient fault of one attempt (timeout, connection error, 5xx): counted by the breaker, retried."""
 
 
+class ProviderThrottled(ProviderFailure):
+    """The provider answered 429 (rate limit): retried after its Retry-After while the budget allows,
+    cuts the adaptive concurrency limit, and is NOT counted by the breaker. Adapters should raise it
+    for 429; a `ProviderFailure` with reason "http 429" is treated the same (`is_throttled`)."""
+
+    def __init__(self, retry_after: int = 1, reason: str = "http 429") -> None:
+        super().__init__(retry_after, reason)
+
+
+def is_throttled(exc: BaseException) -> bool:
+    """A provider 429: an answer that asks us to slow down, not a fault."""
+    return isinstance(exc, ProviderThrottled) or (isinstance(exc, ProviderFailure) and exc.reason == "http 429")
+
+
+class _BudgetSpent(Exception):
+    """The operation's budget ran out before an attempt could be sent (not a provider fault)."""
+
+
 class PaymentRejected(Exception):
     """The provider refused the request itself (unknown payment, nothing left to refund): not retried."""
 
@@ -94,41 +113,67 @@ class PaymentProvider(Protocol):
 
 
 class SimulatorProvider:
-    """HTTP client of the simulator's API (also the shape of a real provider adapter)."""
+    """HTTP client of the simulator's API (also the shape of a real provider adapter).
+
+    The client is aiohttp (chosen by measurement, `bench/bench_provider_client.py`; see
+    docs/performance.md). Its own connection pool is sized to `max_connections` (the bulkhead):
+    a slow provider cannot take other clients' sockets. aiohttp ties a session to the running
+    event loop, so the session is made at the first call, inside the loop, and closed by `aclose()`.
+    """
 
     name = "simulator"
 
     def __init__(self, base_url: str, *, timeout_s: float = 2.0, connect_timeout_s: float = 0.5,
                  max_connections: int = 64) -> None:
         self.base_url = base_url.rstrip("/")
-        # Its own pool, sized to the bulkhead: a slow provider cannot take other clients' sockets.
-        self._client = httpx.AsyncClient(
-            base_url=self.base_url,
-            timeout=httpx.Timeout(timeout_s, connect=connect_timeout_s),
-            limits=httpx.Limits(max_connections=max_connections, max_keepalive_connections=max_connections),
-        )
+        self.max_connections = max_connections
+        # total: the whole exchange (pool wait, connect, send, answer); sock_connect: the TCP connect.
+        self._timeout = aiohttp.ClientTimeout(total=timeout_s, sock_connect=connect_timeout_s)
+        self._session: aiohttp.ClientSession | None = None
+        self._closed = False
+
+    def _client(self) -> aiohttp.ClientSession:
+        session = self._session
+        if session is None:
+            if self._closed:
+                raise RuntimeError("the payment provider client is closed")
+            session = self._session = aiohttp.ClientSession(
+                connector=aiohttp.TCPConnector(limit=self.max_connections),
+                timeout=self._timeout,
+                cookie_jar=aiohttp.DummyCookieJar(),  # a stateless API: no cookies carried between buyers
+            )
+        return session
 
     async def aclose(self) -> None:
-        await self._client.aclose()
+        self._closed = True
+        session, self._session = self._session, None
+        if session is not None:
+            await session.close()
 
     async def _post(self, path: str, key: str, body: dict[str, Any]) -> dict[str, Any]:
         try:
-            resp = await self._client.post(path, content=orjson.dumps(body),
-                                           headers={"Idempotency-Key": key, "Content-Type": "application/json"})
-        except httpx.TimeoutException:
+            async with self._client().post(self.base_url + path, data=orjson.dumps(body), allow_redirects=False,
+                                           headers={"Idempotency-Key": key,
+                                                    "Content-Type": "application/json"}) as resp:
+                status = resp.status
+                retry_after = resp.headers.get("Retry-After", "1")
+                content = await resp.read()
+        except TimeoutError:  # aiohttp's own timeouts (total, connect) are TimeoutError subclasses
             raise ProviderFailure(1, "timeout") from None
-        except httpx.TransportError as exc:
+        except aiohttp.ClientError as exc:
             raise ProviderFailure(1, f"connection: {type(exc).__name__}") from None
-        if resp.status_code >= 500 or resp.status_code == 429:
-            retry_after = resp.headers.get("Retry-After", "1")
-            raise ProviderFailure(int(retry_after) if retry_after.isdigit() else 1, f"http {resp.status_code}")
+        if status >= 500 or status == 429:
+            retry = int(retry_after) if retry_after.isdigit() else 1
+            if status == 429:  # a rate limit: slow down, not a fault (not counted by the breaker)
+                raise ProviderThrottled(retry, "http 429")
+            raise ProviderFailure(retry, f"http {status}")
         try:
-            data = orjson.loads(resp.content)
+            data = orjson.loads(content)
         except orjson.JSONDecodeError:
             raise ProviderFailure(1, "malformed answer") from None
-        if resp.status_code >= 400:
+        if status >= 400:
             err = data.get("error", {}) if isinstance(data, dict) else {}
-            raise PaymentRejected(str(err.get("code", resp.status_code)), str(err.get("message", "rejected")))
+            raise PaymentRejected(str(err.get("code", status)), str(err.get("message", "rejected")))
         return data
 
     async def authorize(self, *, idempotency_key: str, amount_minor: int, currency: str,
@@ -159,76 +204,149 @@ class RetryPolicy:
 
 
 class GuardedProvider:
-    """Breaker + bulkhead + time budget + retries around any PaymentProvider."""
+    """Breaker + adaptive concurrency limit + bulkhead + time budget + retries around any PaymentProvider.
+
+    Per operation, in this order (docs/providers.md, "Order of the guards"):
+    1. breaker check on the in-process mirror: open -> ProviderUnavailable("breaker_open") at once;
+    2. limiter slot (`AdaptiveLimiter`): beyond the adaptive limit, a bounded FIFO wait that
+       respects the deadline; a caller that cannot be served in time is shed at once ->
+       ProviderUnavailable("busy", Retry-After = the queue's drain time);
+    3. bulkhead slot: the hard cap on tasks and sockets (the limit never exceeds it);
+    4. attempts under the breaker, each cut to the rest of the budget; transient failures
+       (timeout, connection error, 5xx, 429) are retried while the budget still leaves
+       `queue_margin_rtts` round trips (429: not before its Retry-After). Every operation
+       carries an idempotency key, so a retry cannot charge twice;
+    5. the slot is released; each answer's RTT (or a 429, or a timeout) has been reported to the limiter.
+
+    The breaker counts provider faults only: 5xx, connection errors, timeouts of calls that
+    actually left. Never: waiting or shedding in the limiter or bulkhead, a budget spent before
+    sending, 429 (it slows the limiter instead), declines, refusals, cancellations.
+    """
 
     def __init__(self, inner: PaymentProvider, *, breaker: SharedBreaker, bulkhead: Bulkhead,
-                 retry: RetryPolicy = RetryPolicy(), timeout_s: float = 2.0) -> None:
+                 retry: RetryPolicy = RetryPolicy(), timeout_s: float = 2.0,
+                 limiter: AdaptiveLimiter | None = None) -> None:
         self.inner = inner
         self.name = inner.name
         self.breaker = breaker
         self.bulkhead = bulkhead
         self.retry = retry
         self.timeout_s = timeout_s
+        if limiter is None:
+            cap = bulkhead.max_concurrency
+            limiter = AdaptiveLimiter(inner.name, initial=min(16, cap), min_limit=min(2, cap), max_limit=cap,
+                                      latency_target_s=timeout_s / 3)
+        limiter.cap(bulkhead.max_concurrency)  # the bulkhead stays the hard cap: the limiter paces below it
+        self.limiter = limiter
+        breaker.add_exclusions(is_throttled)  # a 429 is an answer: it slows the limiter, it is no fault
         self.attempts = 0  # attempts sent to the inner provider (tests, metrics)
 
     async def aclose(self) -> None:
+        await self.breaker.aclose()
         close = getattr(self.inner, "aclose", None)
         if close is not None:
             await close()
 
+    async def stats(self) -> dict[str, Any]:
+        """Figures of this process for stats pages and metrics: breaker, limiter, bulkhead, attempts."""
+        return {"name": self.name, "breaker": await self.breaker.snapshot(), "limiter": self.limiter.snapshot(),
+                "bulkhead": {"max_concurrency": self.bulkhead.max_concurrency, "in_flight": self.bulkhead.in_flight,
+                             "refused": self.bulkhead.refused},
+                "attempts": self.attempts}
+
     async def authorize(self, *, idempotency_key: str, amount_minor: int, currency: str,
-                        reference: str) -> PaymentResult:
+                        reference: str, deadline: float | None = None) -> PaymentResult:
         return await self._run(lambda: self.inner.authorize(idempotency_key=idempotency_key,
                                                             amount_minor=amount_minor, currency=currency,
-                                                            reference=reference))
+                                                            reference=reference), deadline)
 
-    async def capture(self, *, idempotency_key: str, payment_id: str, amount_minor: int) -> PaymentResult:
+    async def capture(self, *, idempotency_key: str, payment_id: str, amount_minor: int,
+                      deadline: float | None = None) -> PaymentResult:
         return await self._run(lambda: self.inner.capture(idempotency_key=idempotency_key, payment_id=payment_id,
-                                                          amount_minor=amount_minor))
+                                                          amount_minor=amount_minor), deadline)
 
-    async def refund(self, *, idempotency_key: str, payment_id: str, amount_minor: int) -> PaymentResult:
+    async def refund(self, *, idempotency_key: str, payment_id: str, amount_minor: int,
+                     deadline: float | None = None) -> PaymentResult:
         return await self._run(lambda: self.inner.refund(idempotency_key=idempotency_key, payment_id=payment_id,
-                                                         amount_minor=amount_minor))
+                                                         amount_minor=amount_minor), deadline)
 
-    async def _run(self, call: Callable[[], Awaitable[PaymentResult]]) -> PaymentResult:
-        deadline = time.monotonic() + self.timeout_s
+    async def _run(self, call: Callable[[], Awaitable[PaymentResult]], deadline: float | None) -> PaymentResult:
+        """`deadline` (time.monotonic()) may shorten the operation's budget, never extend it."""
+        own = time.monotonic() + self.timeout_s
+        deadline = own if deadline is None else min(deadline, own)
         try:
             await self.breaker.check()
-            async with self.bulkhead:
-                return await self._with_retries(call, deadline)
+            await self.limiter.acquire(deadline)
+            try:
+                async with self.bulkhead:
+                    return await self._with_retries(call, deadline)
+            finally:
+                self.limiter.release()
         except BreakerOpen as exc:
             raise ProviderUnavailable(exc.retry_after, "breaker_open") from None
+        except LimiterShed as exc:
+            raise ProviderUnavailable(exc.retry_after, "busy") from None
         except BulkheadFull:
-            raise ProviderUnavailable(1, "busy") from None
+            raise ProviderUnavailable(self.limiter.retry_after(), "busy") from None
+        except _BudgetSpent:
+            raise ProviderUnavailable(self.limiter.retry_after(), "timeout") from None
         except ProviderFailure as exc:
+            if is_throttled(exc):
+                raise ProviderUnavailable(max(exc.retry_after, self.limiter.retry_after()), "throttled") from None
             raise ProviderUnavailable(exc.retry_after, exc.reason) from None
+
+    def _budget_needed(self) -> float:
+        """Budget an attempt must still have to be sent: `margin_rtts` round trips, at least 50 ms."""
+        return max(0.05, self.limiter.margin_rtts * (self.limiter.rtt_short or 0.0))
 
     async def _with_retries(self, call: Callable[[], Awaitable[PaymentResult]], deadline: float) -> PaymentResult:
         attempts = self.retry.attempts
+        limiter = self.limiter
 
         def stop(state: RetryCallState) -> bool:
             # Stop after the last attempt, or when the next wait would not leave time for a try.
             upcoming = state.upcoming_sleep or 0.0
-            return state.attempt_number >= attempts or time.monotonic() + upcoming >= deadline - 0.05
+            return state.attempt_number >= attempts or time.monotonic() + upcoming + self._budget_needed() >= deadline
+
+        backoff = wait_exponential(multiplier=self.retry.initial_s, max=self.retry.max_s) + wait_random(
+            0, self.retry.initial_s)
+
+        def wait(state: RetryCallState) -> float:
+            delay = backoff(state)
+            exc = state.outcome.exception() if state.outcome is not None else None
+            if exc is not None and is_throttled(exc):
+                delay = max(delay, float(exc.retry_after))  # the provider said when
+            return delay
 
         async def attempt() -> PaymentResult:
             remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                raise ProviderFailure(1, "timeout")
             self.attempts += 1
+            started = time.monotonic()
+            sent_with = limiter.in_flight
             try:
                 async with asyncio.timeout(remaining):
-                    return await call()
+                    result = await call()
             except TimeoutError:
+                limiter.on_timeout(time.monotonic() - started)
                 raise ProviderFailure(1, "timeout") from None
+            except ProviderFailure as exc:
+                if is_throttled(exc):
+                    limiter.on_throttle(exc.retry_after)
+                elif exc.reason == "timeout":  # the client's own timeout
+                    limiter.on_timeout(time.monotonic() - started)
+                raise  # 5xx, connection errors: no latency sample (the breaker judges them)
+            except (PaymentDeclined, PaymentRejected):
+                limiter.observe(time.monotonic() - started, sent_with)  # an answer
+                raise
+            limiter.observe(time.monotonic() - started, sent_with)
+            return result
 
         result: PaymentResult | None = None
-        async for trial in AsyncRetrying(stop=stop, reraise=True,
-                                         retry=retry_if_exception_type(ProviderFailure),
-                                         wait=wait_exponential(multiplier=self.retry.initial_s,
-                                                               max=self.retry.max_s)
-                                         + wait_random(0, self.retry.initial_s)):
+        async for trial in AsyncRetrying(stop=stop, reraise=True, wait=wait,
+                                         retry=retry_if_exception_type(ProviderFailure)):
             with trial:
+                if deadline - time.monotonic() <= 0:
+                    raise _BudgetSpent()  # our time, not the provider's: not sent, not counted
                 result = await self.breaker.call(attempt)
         assert result is not None
         return result
@@ -236,7 +354,8 @@ class GuardedProvider:
 
 def build_payment_provider(runtime_or_settings: Any, redis: aioredis.Redis | None = None, *,
                            provider_settings: ProviderSettings | None = None) -> GuardedProvider:
-    """The checkout's provider: simulator client behind the shared breaker, bulkhead and retries.
+    """The checkout's provider: simulator client behind the shared breaker, adaptive limiter,
+    bulkhead and retries.
 
     Accepts a Runtime (its Redis and key prefix are used) or a Settings plus a Redis client.
     Close it with `await provider.aclose()` at shutdown.
@@ -250,7 +369,16 @@ def build_payment_provider(runtime_or_settings: Any, redis: aioredis.Redis | Non
                               max_connections=ps.max_concurrency)
     breaker = SharedBreaker("payments", redis=redis, key=f"{settings.redis_prefix}:breaker:payments",
                             fail_max=ps.breaker_fail_max, reset_timeout_s=ps.breaker_reset_s,
-                            exclude=(PaymentDeclined, PaymentRejected))
+                            exclude=(PaymentDeclined, PaymentRejected, is_throttled),
+                            trial_lease_s=ps.breaker_trial_lease_s or ps.timeout_s + 1.0)
     bulkhead = Bulkhead("payments", ps.max_concurrency, ps.acquire_timeout_s)
-    return GuardedProvider(inner, breaker=breaker, bulkhead=bulkhead, timeout_s=ps.timeout_s,
+    cap = min(ps.limit_max, ps.max_concurrency)
+    limiter = AdaptiveLimiter(
+        "payments", initial=min(ps.limit_initial, cap), min_limit=min(ps.limit_min, cap), max_limit=cap,
+        queue_max=ps.queue_max, tolerance=ps.limit_tolerance, smoothing=ps.limit_smoothing,
+        latency_target_s=(ps.limit_latency_target_s if ps.limit_latency_target_s is not None
+                          else ps.timeout_s / 3),
+        throttle_backoff=ps.limit_throttle_backoff, margin_rtts=ps.queue_margin_rtts,
+        baseline_window_s=ps.limit_baseline_window_s)
+    return GuardedProvider(inner, breaker=breaker, bulkhead=bulkhead, timeout_s=ps.timeout_s, limiter=limiter,
                            retry=RetryPolicy(ps.retry_attempts, ps.retry_initial_s, ps.retry_max_s))

@@ -372,6 +372,8 @@ def commands_sent(url: str):
                         break
                     if entry.get("client_type") == "lua" or entry.get("client_address") == "lua":
                         continue
+                    if "queue_mode" in entry["command"]:  # the waiting-room cache's background refresh
+                        continue
                     name = entry["command"].split(" ", 1)[0].strip('"').lower()
                     counts[name] = counts.get(name, 0) + 1
         finally:

@@ -15,6 +15,7 @@ from gateway.core.runtime import Runtime
 from gateway.store.redis import RedisStore
 from gateway.providers.breaker import SharedBreaker, read_breaker_state
 from gateway.providers.bulkhead import Bulkhead
+from gateway.providers.limiter import AdaptiveLimiter
 from gateway.providers.payments import (GuardedProvider, PaymentDeclined, PaymentRejected, ProviderSettings,
                                         ProviderUnavailable, RetryPolicy, SimulatorProvider,
                                         build_payment_provider)
@@ -31,12 +32,12 @@ async def guarded(simulator_url: str, aredis: aioredis.Redis, breaker_key: str) 
 
     def make(*, url: str = simulator_url, fail_max: int = 3, reset_s: float = 10.0, concurrency: int = 8,
              attempts: int = 1, timeout_s: float = 2.0, key: str = breaker_key,
-             redis: aioredis.Redis = aredis) -> GuardedProvider:
+             redis: aioredis.Redis = aredis, limiter: AdaptiveLimiter | None = None) -> GuardedProvider:
         inner = SimulatorProvider(url, timeout_s=timeout_s, max_connections=concurrency)
         breaker = SharedBreaker("payments", redis=redis, key=key, fail_max=fail_max, reset_timeout_s=reset_s,
                                 exclude=(PaymentDeclined, PaymentRejected))
         provider = GuardedProvider(inner, breaker=breaker, bulkhead=Bulkhead("payments", concurrency, 0.05),
-                                   retry=RetryPolicy(attempts, 0.05, 0.2), timeout_s=timeout_s)
+                                   retry=RetryPolicy(attempts, 0.05, 0.2), timeout_s=timeout_s, limiter=limiter)
         made.append(provider)
         return provider
 
@@ -168,8 +169,9 @@ async def test_breaker_state_is_shared_between_workers(guarded: Factory, sim: ht
         await other_redis.aclose()
 
 
-async def test_bulkhead_refuses_the_extra_call_fast(guarded: Factory, sim: httpx.Client) -> None:
-    p = guarded(concurrency=3, timeout_s=5.0)
+async def test_a_full_queue_refuses_the_extra_call_fast(guarded: Factory, sim: httpx.Client) -> None:
+    # The limit (3, capped by the bulkhead) is taken and nobody may wait: refused at once, not counted.
+    p = guarded(concurrency=3, timeout_s=5.0, limiter=AdaptiveLimiter("payments", initial=3, queue_max=0))
     sim.put("/_config", json={"latency_ms": 600})
     in_flight = [asyncio.create_task(authorize(p, f"slow{i}")) for i in range(3)]
     await asyncio.sleep(0.15)
@@ -181,7 +183,8 @@ async def test_bulkhead_refuses_the_extra_call_fast(guarded: Factory, sim: httpx
     results = await asyncio.gather(*in_flight)
     assert all(r.status == "authorized" for r in results)
     assert sim.get("/_stats").json()["authorize"] == 3
-    assert (await p.breaker.snapshot())["failures"] == 0  # a full bulkhead is not a provider fault
+    assert (await p.breaker.snapshot())["failures"] == 0  # a full queue is not a provider fault
+    assert p.limiter.shed_queue_full == 1 and info.value.retry_after >= 1
 
 
 async def test_slow_provider_answers_within_the_budget(guarded: Factory, sim: httpx.Client) -> None:
