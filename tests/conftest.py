@@ -134,12 +134,12 @@ async def pg(database_url: str) -> AsyncIterator[asyncpg.Connection]:
 
 
 @pytest.fixture(scope="session")
-def payment_simulator(tmp_root: Path) -> Iterator[str]:
+def payment_simulator(tmp_root: Path, redis_server_url: str) -> Iterator[str]:
     """The payment-provider simulator as a real HTTP server; the gateway finds it through the environment."""
     from gateway.providers.simulator import start_simulator_process
     from gateway.stack.embedded import stop_process
 
-    proc, url = start_simulator_process(log=tmp_root / "simulator.log")
+    proc, url = start_simulator_process(log=tmp_root / "simulator.log", workers=4, redis_url=redis_server_url)
     os.environ["FLASHGATE_PAYMENTS_URL"] = url
     os.environ.setdefault("FLASHGATE_PAYMENTS_BREAKER_RESET_S", "1")
     yield url

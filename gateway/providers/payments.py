@@ -173,6 +173,10 @@ class SimulatorProvider:
             raise ProviderFailure(1, "malformed answer") from None
         if status >= 400:
             err = data.get("error", {}) if isinstance(data, dict) else {}
+            if status == 409 and err.get("code") == "idempotency_key_in_use":
+                # An earlier attempt with this key is still running at the provider: retry shortly (as
+                # Stripe advises); it is not a fault of the provider and not a refusal.
+                raise ProviderThrottled(1, "idempotency key in use")
             raise PaymentRejected(str(err.get("code", status)), str(err.get("message", "rejected")))
         return data
 

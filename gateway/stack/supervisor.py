@@ -83,7 +83,9 @@ class Stack:
         if not os.environ.get("FLASHGATE_PAYMENTS_URL"):
             sim_port = free_port()
             self._child("payment-simulator", [sys.executable, "-m", "gateway.providers.simulator", "--port",
-                                              str(sim_port), "--host", "127.0.0.1"], env)
+                                              str(sim_port), "--host", "127.0.0.1", "--workers", "4",
+                                              "--redis-url", self.redis_url,
+                                              "--prefix", f"{self.settings.redis_prefix}:sim"], env)
             env["FLASHGATE_PAYMENTS_URL"] = self.payments_url = f"http://127.0.0.1:{sim_port}"
             _wait_port(sim_port, "payment simulator")
         if not os.environ.get("FLASHGATE_NOTIFY_SMTP_HOST"):
