@@ -39,7 +39,8 @@ from gateway.store.keys import checkout_lock, checkout_records, event_key, event
 log = logging.getLogger("flashgate.checkout")
 
 LOCK_MS = 30_000
-LATENCY_ALPHA = 0.2  # weight of one checkout in the latency EWMA the admission leader reads
+LATENCY_ALPHA = 0.2
+WAKE_EVERY_S = 0.1  # how often a busy sale marks its event for the ledger worker  # weight of one checkout in the latency EWMA the admission leader reads
 WAIT_FOR_OTHER_S = 10.0
 FINAL_CODES = {"payment_declined", "hold_expired", "hold_not_found", "forbidden", "invalid_state"}
 
@@ -103,6 +104,7 @@ class Checkout:
         self.prefix = prefix
         self.confirmations = confirmations
         self.infos: dict[int, EventInfo] = {}
+        self._woken: dict[int, float] = {}
 
     async def checkout_request(self, *, hold_id: str, buyer: str, key: str | None, body: Any) -> dict[str, Any]:
         """A buyer's checkout request as sent: validates the Idempotency-Key and the body first."""
@@ -236,10 +238,17 @@ class Checkout:
             pass
 
     async def _wake_ledger(self, event_id: int) -> None:
-        try:  # after the XADD (in checkout_confirm); the ledger worker also finds on-sale events by itself
+        """Mark the event for the ledger worker (after the XADD in checkout_confirm). Once per
+        WAKE_EVERY_S per event and process is enough: the worker drains everything pending when it
+        reads, and never prunes an event that is on sale (a sale in progress is always polled)."""
+        now = time.monotonic()
+        if now - self._woken.get(event_id, -WAKE_EVERY_S) < WAKE_EVERY_S:
+            return
+        self._woken[event_id] = now
+        try:
             await self.redis.sadd(ledger_dirty_set(self.prefix), event_id)
         except RedisError:
-            pass
+            self._woken.pop(event_id, None)
 
     async def _notify(self, event_id: int, info: EventInfo, result: dict[str, Any], body: dict[str, Any]) -> None:
         if self.confirmations is None:
