@@ -99,7 +99,7 @@ def main() -> None:
         script = ROOT / "loadtest" / ("flash_sale_queue.js" if args.scenario == "queue" else "open_sale.js")
         summary_path = data / "summary.json"
         env = {**os.environ, "BASE_URL": stack["gateway_url"], "EVENT_ID": str(event), "BUYERS": str(args.buyers),
-               "VUS": str(args.vus or (1000 if args.scenario == "queue" else 200)), "ATTEMPTS": str(args.attempts),
+               "VUS": str(args.vus or (args.buyers if args.scenario == "queue" else 200)), "ATTEMPTS": str(args.attempts),
                "GIVE_UP_S": str(args.give_up)}
         started = time.monotonic()
         k6 = subprocess.run([str(K6), "run", "--quiet", "--summary-export", str(summary_path), str(script)],

@@ -7,7 +7,7 @@ import exec from 'k6/execution';
 import { buyerToken, waitForAdmission, buy } from './lib/buyer.js';
 
 const BUYERS = Number(__ENV.BUYERS || 3000);
-const VUS = Number(__ENV.VUS || 1000);
+const VUS = Number(__ENV.VUS || BUYERS);  // one VU per buyer: every buyer arrives within ARRIVAL_S
 const ARRIVAL_S = Number(__ENV.ARRIVAL_S || 10);
 const GIVE_UP_S = Number(__ENV.GIVE_UP_S || 240);
 
