@@ -2,10 +2,14 @@
 
 `GuardedProvider` is what checkout uses. Per call, in this order:
 1. breaker check (Redis-shared state, in-process mirror): open -> ProviderUnavailable at once;
-2. bulkhead slot (bounded concurrency, short wait) -> ProviderUnavailable when full;
-3. attempts under the breaker, each cut to the rest of the time budget; only transient
-   failures (timeout, connection error, 5xx/429) are retried, with exponential backoff
-   and jitter, while the budget lasts. Declines are answers: never retried, never counted.
+2. a slot of the adaptive concurrency limit (limiter.py): a bounded, deadline-aware queue; a call
+   that cannot be served within its budget is shed at once (ProviderUnavailable "busy", with a
+   Retry-After computed from the queue);
+3. the bulkhead (hard cap on concurrent calls and sockets);
+4. attempts under the breaker, each cut to the rest of the time budget; only transient
+   failures (timeout, connection error, 5xx) are retried, with exponential backoff and jitter,
+   while the budget lasts; a 429 slows the limiter and is retried after its Retry-After, never
+   counted as a fault. Declines are answers: never retried, never counted.
 All three operations carry an idempotency key, so a retry cannot charge twice.
 """
 

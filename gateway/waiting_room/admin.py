@@ -24,14 +24,6 @@ def advance_args(settings: Settings, leader: str) -> list[Any]:
             s.queue_expiring_window_s, s.queue_max_active_holds, s.queue_max_checkout_ms, MAX_SCAN]
 
 
-async def report_checkout_latency(*, redis: Any, prefix: str, event_id: int, ms: float, alpha: float = 0.2) -> None:
-    """Feed the checkout latency backpressure (an EWMA kept in the queue state; the leader reads it)."""
-    key = qkey(prefix, event_id, "state")
-    old = await redis.hget(key, "checkout_ms")
-    value = ms if old is None else (1 - alpha) * float(old) + alpha * ms
-    await redis.hset(key, "checkout_ms", value)
-
-
 def _n(raw: Any, default: float = 0.0) -> float:
     try:
         return float(raw) if raw not in (None, b"") else default
