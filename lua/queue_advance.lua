@@ -1,25 +1,56 @@
 -- queue_advance: one tick of the admission leader for one event: take or renew the leader lease,
 -- then move "admitted up to place" forward at the organiser's rate, slowed by backpressure and
--- paused when the inventory left cannot serve the buyers already admitted.
+-- held back only by what the inventory left can really serve (see "Admission budget" below).
 -- KEYS[1] q:lease   STRING leader id, with expiry (PX)
--- KEYS[2] q:state   HASH   see queue_join.lua; this script writes upto, credit, last (ms), recent,
---                          mrate (places/s), arate (admissions/s), admitted, skipped, paused, factor,
---                          free, held, holds, sold_out, leader
+-- KEYS[2] q:state   HASH   see queue_join.lua; this script writes upto, credit, last (ms), mrate (places/s),
+--                          arate (admissions/s), admitted, skipped, paused, factor, free, held, expiring,
+--                          holds, sold_out, leader, rate, and the demand model: pend (JSON [[t, n], ...]:
+--                          admissions not answered yet, t = ms since epoch, oldest first), pending, ccur
+--                          (changes stream cursor), react (running median reaction time, s), pwin (pending
+--                          window, s), tpb (tickets per buyer), acted, taken, sells, returns, ret, budget
 -- KEYS[3] q:seen    STRING u32 per place (see queue_join.lua) · KEYS[4] q:fate STRING u32 per place
 -- KEYS[5] q:seed    STRING pre-queue seed (revealed into q:state when the sale opens)
--- KEYS[6] meta · KEYS[7] sold · KEYS[8] held · KEYS[9] holds · KEYS[10] ga   (inventory keys, read only)
--- ARGV[1] leader id · ARGV[2] lease ms · ARGV[3] stall s · ARGV[4] tickets per buyer · ARGV[5] decision s
--- ARGV[6] expiring window s · ARGV[7] max active holds · ARGV[8] max checkout ms · ARGV[9] max places per call
+-- KEYS[6] meta · KEYS[7] sold · KEYS[8] held · KEYS[9] holds · KEYS[10] ga · KEYS[11] buyers
+-- KEYS[12] changes  (inventory keys of lua/lib/common.lua, read only)
+-- ARGV[1] leader id · ARGV[2] lease ms · ARGV[3] stall s · ARGV[4] prior tickets per buyer
+-- ARGV[5] decision s (longest time an admitted buyer counts as pending) · ARGV[6] expiring window s
+-- ARGV[7] max active holds · ARGV[8] max checkout ms · ARGV[9] max places per call
+-- ARGV[10] admission TTL s · ARGV[11] poll interval s (shortest pending window) · ARGV[12] prior weight (buyers)
 -- Returns {status, JSON}:
---   ok          {upto, admitted, skipped, paused, factor} or {idle = true} (no waiting room)
+--   ok          {upto, admitted, skipped, paused, factor, budget, pending} or {idle = true} (no waiting room)
 --   not_leader  {leader}
 -- Keeps: one writer (the lease holder) per event; upto only grows; every place up to upto has its
 -- fate written once (admitted at t, or skipped because it stopped polling for longer than stall s).
+--
+-- Admission budget: how many more buyers the tickets left can serve (the rate and backpressure still apply).
+--   m       = (sold + held + prior_n x prior_m) / (acted + prior_n), clamped to [1, per-buyer limit]:
+--             tickets per buyer, measured over the buyers who hold or own tickets (HLEN buyers), from the
+--             prior (queue_tickets_per_buyer, weight queue_tickets_prior_n buyers) until enough have acted
+--   pending = admitted buyers who have not acted yet. Admissions join a list (batches, oldest first); every
+--             new hold (op 1 in the changes stream) answers one: the oldest *fresh* one (younger than
+--             2 x the median reaction time), else the youngest older one (a late buyer). The age of the
+--             answered admission is a reaction time (running median). An admission not answered within
+--             W = clamp(3 x median, poll interval, decision s), at most the admission TTL, leaves the list
+--             (W = decision s before the first measurement). A buyer who held and then released, or whose
+--             hold expired, answered their admission: they no longer count.
+--   back    = held tickets in holds expiring within the window x ret, the measured share of holds that end
+--             released or expired rather than sold: (returns + 10) / (sells + returns + 10) (prior: all)
+--   budget  = ceil((free + back - pending x m) / m) when positive, else 0 (paused: inventory)
+-- So while tickets are free and nobody admitted is still deciding, at least ceil(free / m) >= 1 buyers
+-- are admitted: the queue moves until the last ticket is sold. Sold out (free = 0 and held = 0) stops it.
 
 --!include prequeue
 
 local K_LEASE, K_STATE, K_SEEN, K_FATE, K_SEED = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]
 local K_META, K_SOLD, K_HELD, K_HOLDS, K_GA = KEYS[6], KEYS[7], KEYS[8], KEYS[9], KEYS[10]
+local K_BUYERS, K_CHANGES = KEYS[11], KEYS[12]
+local REACT_STEP = 1.05        -- the running median moves by this factor per observed reaction
+local REACT_STEPS = 20         -- at most this many steps per batch answered together
+local FRESH_MEDIANS = 2        -- admissions younger than this many median reaction times are answered first
+local WINDOW_MEDIANS = 3       -- an admission unanswered for this many median reaction times is gone
+local MERGE_MS = 250           -- admissions closer than this share one entry of the pending list
+local MAX_CHANGES = 2000       -- changes-stream entries read per call (the rest next tick)
+local RETURN_PRIOR_N = 10      -- weight, in holds, of the prior "every expiring hold comes back"
 
 local function reply(status, detail)
   return {status, cjson.encode(detail or {})}
@@ -35,11 +66,13 @@ else
   return reply('not_leader', {leader = cur})
 end
 
-local m = redis.call('HMGET', K_META, 'status', 'queue_mode', 'admission_rate', 'n_seats')
+local m = redis.call('HMGET', K_META, 'status', 'queue_mode', 'admission_rate', 'n_seats', 'limit')
 if m[2] ~= '1' then return reply('ok', {idle = true}) end
 local status, rate, n_seats = m[1], tonumber(m[3]) or 0, tonumber(m[4]) or 0
-local stall, tpb, decision = tonumber(ARGV[3]), tonumber(ARGV[4]), tonumber(ARGV[5])
+local limit = tonumber(m[5]) or 8
+local stall, prior_m, decision = tonumber(ARGV[3]), tonumber(ARGV[4]), tonumber(ARGV[5])
 local window, max_holds, max_ms, max_scan = tonumber(ARGV[6]), tonumber(ARGV[7]), tonumber(ARGV[8]), tonumber(ARGV[9])
+local adm_ttl, poll_s, prior_n = tonumber(ARGV[10]), tonumber(ARGV[11]), tonumber(ARGV[12])
 
 local t = redis.call('TIME')
 local now_s = tonumber(t[1])
@@ -48,18 +81,21 @@ if redis.call('HSETNX', K_STATE, 'epoch', now_s) == 1 then
   redis.call('HSET', K_STATE, 'seq', 0, 'upto', 0, 'last', now_ms)
 end
 if status == 'on_sale' then freeze_prequeue(K_STATE, K_SEED, now_s, now_ms) end
-local s = redis.call('HMGET', K_STATE, 'epoch', 'opened', 'pre', 'upto', 'seq', 'last', 'credit', 'recent',
-                     'mrate', 'arate', 'checkout_ms')
+local s = redis.call('HMGET', K_STATE, 'epoch', 'opened', 'pre', 'upto', 'seq', 'last', 'credit', 'pend',
+                     'mrate', 'arate', 'checkout_ms', 'ccur', 'react', 'sells', 'returns')
 local epoch, opened, pre = tonumber(s[1]), tonumber(s[2]), tonumber(s[3]) or 0
 local upto, seq, last = tonumber(s[4]) or 0, tonumber(s[5]) or 0, tonumber(s[6]) or now_ms
-local credit, recent = tonumber(s[7]) or 0, tonumber(s[8]) or 0
+local credit = tonumber(s[7]) or 0
 local mrate, arate, checkout_ms = tonumber(s[9]) or 0, tonumber(s[10]) or 0, tonumber(s[11]) or 0
+local ccur, react = s[12] or '0-0', tonumber(s[13])
+local sells, returns = tonumber(s[14]) or 0, tonumber(s[15]) or 0
 local rel = now_s - epoch
+local rel_ms = now_ms - epoch * 1000
 local dt = (now_ms - last) / 1000
 if dt < 0 then dt = 0 end
 if dt > 5 then dt = 5 end  -- a leader gap does not turn into a burst
 
--- Inventory still free (seats + GA), and held tickets that come back soon.
+-- Inventory still free (seats + GA), held tickets that may come back soon, and what buyers took.
 local sold_n, held_n = redis.call('BITCOUNT', K_SOLD), redis.call('BITCOUNT', K_HELD)
 local cap, gheld, gsold = 0, 0, 0
 local ga = redis.call('HGETALL', K_GA)
@@ -70,7 +106,9 @@ for i = 1, #ga, 2 do
   elseif string.sub(f, 1, 5) == 'sold:' then gsold = gsold + v end
 end
 local free = (n_seats - sold_n - held_n) + (cap - gheld - gsold)
+if free < 0 then free = 0 end
 local held = held_n + gheld
+local taken = held + sold_n + gsold
 local holds = redis.call('ZCARD', K_HOLDS)
 local expiring = 0
 if holds > 0 then
@@ -78,27 +116,96 @@ if holds > 0 then
 end
 local sold_out = free <= 0 and held <= 0
 
+-- Tickets per buyer: measured over the buyers who hold or own tickets, from the prior until enough acted.
+local acted = redis.call('HLEN', K_BUYERS)
+local tpb = prior_m
+if acted + prior_n > 0 then tpb = (taken + prior_n * prior_m) / (acted + prior_n) end
+if tpb > limit then tpb = limit end
+if tpb < 1 then tpb = 1 end
+
+-- Changes since the last call: a new hold is an admitted buyer who acted; sales and returns (release,
+-- expiry) measure the share of holds that come back.
+local actions = 0
+local entries = redis.call('XRANGE', K_CHANGES, '(' .. ccur, '+', 'COUNT', MAX_CHANGES)
+for i = 1, #entries do
+  local f = entries[i][2]
+  for j = 1, #f, 2 do
+    if f[j] == 'op' then
+      local op = f[j + 1]
+      if op == '1' then actions = actions + 1
+      elseif op == '3' then sells = sells + 1
+      elseif op == '2' or op == '5' then returns = returns + 1 end
+      break
+    end
+  end
+end
+if #entries > 0 then ccur = entries[#entries][1] end
+local ret = (returns + RETURN_PRIOR_N) / (sells + returns + RETURN_PRIOR_N)
+local back = expiring * ret
+
+-- Pending admissions: answered by the new holds (fresh ones first, oldest first; then late buyers, youngest
+-- first), so an old admission that is never answered does not take the answer of a newer buyer and leaves
+-- the list on time.
+local pend = {}
+if s[8] and s[8] ~= '' then pend = cjson.decode(s[8]) end
+local function observe(age_ms, n)  -- running median of the reaction time: steps towards the observation
+  local age = math.max(age_ms / 1000, 0.01)
+  if not react then react = age end
+  for _ = 1, math.min(n, REACT_STEPS) do
+    if age > react then react = math.min(age, react * REACT_STEP)
+    elseif age < react then react = math.max(age, react / REACT_STEP) end
+  end
+end
+local function answer(e)
+  local take = math.min(actions, e[2])
+  observe(rel_ms - e[1], take)
+  e[2], actions = e[2] - take, actions - take
+end
+local fresh_ms = math.min(decision, adm_ttl) * 1000
+if react then fresh_ms = math.min(fresh_ms, math.max(FRESH_MEDIANS * react, poll_s) * 1000) end
+for i = 1, #pend do
+  if actions <= 0 then break end
+  if pend[i][2] > 0 and rel_ms - pend[i][1] <= fresh_ms then answer(pend[i]) end
+end
+for i = #pend, 1, -1 do
+  if actions <= 0 then break end
+  if pend[i][2] > 0 then answer(pend[i]) end
+end
+local pwin = math.min(decision, adm_ttl)
+if react then pwin = math.min(pwin, math.max(WINDOW_MEDIANS * react, poll_s)) end
+local kept, pending = {}, 0
+for i = 1, #pend do
+  local e = pend[i]
+  if e[2] > 0 and rel_ms - e[1] <= pwin * 1000 then
+    kept[#kept + 1] = e
+    pending = pending + e[2]
+  end
+end
+
 -- Backpressure: full speed below 80 % of a limit, linearly down to a stop at 100 %.
-local function ease(load, limit)
-  if limit <= 0 then return 1 end
-  local x = load / limit
+local function ease(load, lim)
+  if lim <= 0 then return 1 end
+  local x = load / lim
   if x <= 0.8 then return 1 elseif x >= 1 then return 0 end
   return (1 - x) / 0.2
 end
 local factor = math.min(ease(holds, max_holds), ease(checkout_ms, max_ms))
-recent = recent * math.exp(-dt / decision)  -- admitted buyers still deciding (decays over `decision` s)
+
+-- Admission budget: buyers the tickets left (free + coming back) can serve beyond the pending demand.
+local spare = free + back - pending * tpb
+local budget = 0
+if spare > 0 then budget = math.ceil(spare / tpb - 1e-9) end
 
 local paused, admitted, skipped, upto0 = '', 0, 0, upto
 if status ~= 'on_sale' then
   paused, credit = 'event_' .. (status or 'gone'), 0
 elseif sold_out then
-  paused, credit = 'sold_out', 0
+  paused, credit, budget = 'sold_out', 0, 0
 else
   credit = math.min(credit + rate * factor * dt, math.max(1, rate))  -- at most one second of backlog
   local want = math.floor(credit)
-  local budget = math.floor((free + expiring) / tpb - recent)
-  if budget < want then want = math.max(budget, 0) end
-  if want == 0 and budget <= 0 then paused = 'inventory'
+  if budget < want then want = budget end
+  if budget <= 0 then paused = 'inventory'
   elseif factor == 0 then paused = 'backpressure' end
   if want > 0 and upto < seq then
     local scan_end = math.min(seq, upto + max_scan)
@@ -129,15 +236,32 @@ else
     credit = credit - admitted
   end
 end
-recent = recent + admitted
+
+if admitted > 0 then  -- this tick's admissions join the pending list (merged with a batch of < MERGE_MS ago)
+  local tail = kept[#kept]
+  if tail and rel_ms - tail[1] < MERGE_MS then
+    tail[1] = math.floor((tail[1] * tail[2] + rel_ms * admitted) / (tail[2] + admitted))
+    tail[2] = tail[2] + admitted
+  else
+    kept[#kept + 1] = {rel_ms, admitted}
+  end
+  pending = pending + admitted
+end
+local pend_json = '[]'
+if #kept > 0 then pend_json = cjson.encode(kept) end
+
 if dt > 0 then
   local a = 1 - math.exp(-dt / 5)  -- 5 s EWMA
   mrate = mrate + a * ((upto - upto0) / dt - mrate)
   arate = arate + a * (admitted / dt - arate)
 end
-redis.call('HSET', K_STATE, 'upto', upto, 'credit', credit, 'last', now_ms, 'recent', recent, 'mrate', mrate,
+redis.call('HSET', K_STATE, 'upto', upto, 'credit', credit, 'last', now_ms, 'mrate', mrate,
            'arate', arate, 'paused', paused, 'factor', factor, 'free', free, 'held', held, 'holds', holds,
-           'sold_out', sold_out and 1 or 0, 'leader', me, 'rate', rate)
+           'expiring', expiring, 'sold_out', sold_out and 1 or 0, 'leader', me, 'rate', rate,
+           'pend', pend_json, 'pending', pending, 'ccur', ccur, 'react', react or '', 'pwin', pwin,
+           'tpb', tpb, 'acted', acted, 'taken', taken, 'sells', sells, 'returns', returns, 'ret', ret,
+           'budget', budget)
 if admitted > 0 then redis.call('HINCRBY', K_STATE, 'admitted', admitted) end
 if skipped > 0 then redis.call('HINCRBY', K_STATE, 'skipped', skipped) end
-return reply('ok', {upto = upto, admitted = admitted, skipped = skipped, paused = paused, factor = factor})
+return reply('ok', {upto = upto, admitted = admitted, skipped = skipped, paused = paused, factor = factor,
+                    budget = budget, pending = pending})

@@ -144,8 +144,10 @@ class Settings(BaseSettings):
     queue_lease_ms: int = 2000                 # leader lease; a dead leader is replaced after this
     queue_max_active_holds: int = 5000         # backpressure: admission slows above 80 %, stops at 100 %
     queue_max_checkout_ms: float = 3000.0      # backpressure on the checkout latency (EWMA)
-    queue_tickets_per_buyer: float = 2.0       # expected tickets per admitted buyer (inventory pause)
-    queue_decision_s: float = 60.0             # admitted buyers count as pending demand for about this long
+    queue_tickets_per_buyer: float = 2.0       # prior of the measured tickets per admitted buyer (inventory budget)
+    queue_tickets_prior_n: float = 20.0        # weight of that prior, in buyers (measured data takes over after)
+    queue_decision_s: float = 60.0             # an admitted buyer who has not acted counts as pending demand at most
+                                               # this long (less when buyers are measured to react faster)
     queue_expiring_window_s: float = 60.0      # holds expiring within this window count as coming back
     queue_poll_per_ip_per_s: float = 200.0     # in-process, per worker
     queue_poll_per_token_per_s: float = 2.0    # in-process, per worker (burst 5x)

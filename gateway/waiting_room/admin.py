@@ -21,7 +21,8 @@ MAX_SCAN = 5000  # places decided per leader call (bounds the script's run time)
 def advance_args(settings: Settings, leader: str) -> list[Any]:
     s = settings
     return [leader, s.queue_lease_ms, s.queue_stall_s, s.queue_tickets_per_buyer, s.queue_decision_s,
-            s.queue_expiring_window_s, s.queue_max_active_holds, s.queue_max_checkout_ms, MAX_SCAN]
+            s.queue_expiring_window_s, s.queue_max_active_holds, s.queue_max_checkout_ms, MAX_SCAN,
+            s.queue_admission_ttl_s, s.queue_poll_after_s, s.queue_tickets_prior_n]
 
 
 def _n(raw: Any, default: float = 0.0) -> float:
@@ -94,7 +95,15 @@ async def queue_stats(runtime: Runtime, event_id: int) -> dict[str, Any]:
                          "max_active_holds": runtime.settings.queue_max_active_holds,
                          "checkout_ms": _n(g.get("checkout_ms")),
                          "max_checkout_ms": runtime.settings.queue_max_checkout_ms},
-        "inventory": {"free": int(_n(g.get("free"))), "held": int(_n(g.get("held")))},
+        "inventory": {"free": int(_n(g.get("free"))), "held": int(_n(g.get("held"))),
+                      "expiring": round(_n(g.get("expiring")), 1)},
+        "demand": {"tickets_per_buyer": round(_n(g.get("tpb"), runtime.settings.queue_tickets_per_buyer), 3),
+                   "acted_buyers": int(_n(g.get("acted"))), "tickets_taken": int(_n(g.get("taken"))),
+                   "pending_buyers": int(_n(g.get("pending"))),
+                   "reaction_s": round(_n(g.get("react")), 3) if g.get("react") else None,
+                   "pending_window_s": round(_n(g.get("pwin"), runtime.settings.queue_decision_s), 3),
+                   "holds_returned": round(_n(g.get("ret"), 1.0), 3),
+                   "budget": int(_n(g.get("budget")))},
         "prequeue": pre,
         "leader": leader.decode() if leader else None,
         "updated_ms": int(_n(g.get("last"))) or None,
