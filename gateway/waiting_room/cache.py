@@ -82,15 +82,21 @@ class QueueView:
         self.commitment = _s(get(b"commitment"))
         self.epoch = int(_f(get(b"epoch")))
         self.seq = int(_f(get(b"seq")))
-        self.upto = int(_f(get(b"upto")))
+        upto = int(_f(get(b"upto")))
         self.sold_out = get(b"sold_out") == b"1"
         self.paused = _s(get(b"paused"))
         self.mrate = _f(get(b"mrate"))
         self.factor = _f(get(b"factor"), 1.0)
         if not self.fate:
             self.fate = bytearray(4)
-        if len(self.fate) == fate_from:  # fates are final once written: only the new tail is read
-            self.fate += fate_tail
+        # Fates are final once written: only what this copy lacks is appended. Two refreshes may
+        # overlap and finish in any order, so the tail is appended from where this copy ends, and the
+        # admitted-up-to place never moves back nor past the fates this copy knows (positions never rise,
+        # and a known place is never taken for a stalled one).
+        have = len(self.fate)
+        if fate_from <= have < fate_from + len(fate_tail):
+            self.fate += fate_tail[have - fate_from:]
+        self.upto = max(self.upto, min(upto, len(self.fate) // 4 - 1))
 
     def place(self, n: int) -> int:
         """The place of arrival `n`: its shuffled place in the pre-queue, else `n`; 0 before opening."""
