@@ -13,12 +13,13 @@ PORT    ?= 8000
 WORKERS ?= 2
 PYTEST_ARGS ?=
 
-.PHONY: up test install native bench clean-data help
+.PHONY: up test install native bench loadtest clean-data help
 
 help:
 	@echo "make up      start the local platform on port $(PORT) (PORT=, WORKERS= to change)"
 	@echo "make test    run every test (PYTEST_ARGS= to pass options)"
 	@echo "make bench   run the benchmarks in bench/"
+	@echo "make loadtest SCENARIO=flash_sale [VUS=500 DURATION=60 LOADTEST_ARGS=...]  a k6 load test with a verdict"
 
 $(STAMP): pyproject.toml setup.py
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV) || { echo "flashgate: could not create a virtualenv; install it with 'sudo apt-get install python3-venv' (Debian/Ubuntu)"; exit 1; }
@@ -38,6 +39,13 @@ up: $(NATIVE)
 
 test: $(NATIVE)
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+SCENARIO ?= flash_sale
+VUS ?= 500
+DURATION ?= 60
+LOADTEST_ARGS ?=
+loadtest: $(NATIVE)
+	$(BIN)/flashgate loadtest $(SCENARIO) --vus $(VUS) --duration $(DURATION) $(LOADTEST_ARGS)
 
 bench: $(NATIVE)
 	@for f in bench/bench_*.py; do echo "== $$f"; $(BIN)/python $$f || exit 1; done

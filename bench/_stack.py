@@ -13,11 +13,11 @@ import subprocess
 import sys
 import tempfile
 import time
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
 import asyncpg
-import httpx
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -25,7 +25,8 @@ sys.path.insert(0, str(ROOT))
 from gateway.core.config import Settings  # noqa: E402
 from gateway.db.migrate import migrate  # noqa: E402
 from gateway.organisers.orgs import create_organisation  # noqa: E402
-from gateway.stack.embedded import PostgresServer, RedisServer, free_port, spawn, stop_process  # noqa: E402
+from gateway.stack.embedded import (PostgresServer, RedisServer, free_port, spawn, stop_process,  # noqa: E402
+                                    wait_ready)
 
 
 @contextlib.contextmanager
@@ -85,16 +86,7 @@ def gateway(settings: Settings, workers: int = 2) -> Iterator[str]:
                  log=settings.data_dir / "gateway.log", env=env_for(settings), cwd=str(ROOT))
     url = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                if httpx.get(url + "/readyz", timeout=1).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            if proc.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError((settings.data_dir / "gateway.log").read_text()[-2000:])
-            time.sleep(0.1)
+        wait_ready(url, time.monotonic() + 30, proc=proc, log=settings.data_dir / "gateway.log")
         yield url
     finally:
         stop_process(proc)
@@ -127,3 +119,34 @@ def wrk(url: str, script: Path, *, duration: int = 10, connections: int = 128, t
     if statuses:
         result["statuses"] = dict(part.split("=") for part in statuses.group(1).split())
     return result
+
+
+async def ledger_burst_event(runtime, org_id: int, name: str, orders: int, tickets_per_order: int) -> dict:
+    """An open GA event whose ledger stream already holds `orders` confirmed orders (as checkout writes
+    them), for the ledger worker to drain: the shared set-up of the ledger and replica benchmarks."""
+    import orjson
+
+    from gateway.organisers import events
+    from gateway.organisers.event_spec import EventSpec
+    from gateway.store.keys import event_key
+
+    pool = await runtime.pg()
+    spec = EventSpec.model_validate({"name": name, "currency": "EUR",
+                                     "ga": [{"code": "ga", "name": "GA", "capacity": 10_000_000,
+                                             "price_minor": 1000}]})
+    event = await events.create_event(pool, organisation_id=org_id, spec=spec)
+    await events.EventAdmin(runtime).change_status(org_id, event["id"], "open")
+    stream = event_key(runtime.prefix, event["id"], "ledger")
+    now = int(time.time() * 1000)
+    pipe = runtime.redis.pipeline(transaction=False)
+    for i in range(orders):
+        d = {"order_id": str(uuid.uuid4()), "hold_id": f"{event['id']}-{i:x}", "buyer": f"b{i}", "seats": [],
+             "ga": {"ga": tickets_per_order}, "count": tickets_per_order,
+             "serial_start": 1 + i * tickets_per_order, "confirmed_at_ms": now, "version": i + 1}
+        o = {"payment_id": f"pay_{i}", "provider": "simulator", "amount_minor": 2000, "currency": "EUR",
+             "email": None, "idempotency_key": f"k{i}"}
+        pipe.xadd(stream, {"k": "order", "d": orjson.dumps(d), "o": orjson.dumps(o)})
+        if len(pipe) >= 2000:
+            await pipe.execute()
+    await pipe.execute()
+    return event

@@ -59,7 +59,7 @@ async def ceiling(settings, event_id: int, seconds: float, lanes: int = 4, batch
     sha = Scripts(client)["hold"].sha.encode()
     await client.aclose()
     keys = [k.encode() for k in event_keys(settings.redis_prefix, event_id)]
-    head = [b"EVALSHA", sha, b"12", *keys]
+    head = [b"EVALSHA", sha, b"%d" % len(keys), *keys]
     n_seats = SECTIONS * ROWS * SEATS
     host, port = settings.redis_url.split("//", 1)[1].split("/", 1)[0].split(":")
     done = 0
@@ -101,7 +101,7 @@ def ceiling_redis_benchmark(settings, event_id: int, requests: int = 200_000) ->
     # Each __rand_int__ is an independent random number below -r (zero-padded): seat index,
     # buyer, and a hold id made of two of them.
     args = [binary, "-h", host, "-p", port, "-n", str(requests), "-c", "8", "-P", "32", "-r",
-            str(SECTIONS * ROWS * SEATS), "-q", "EVALSHA", sha, "12", *keys, "h__rand_int____rand_int__",
+            str(SECTIONS * ROWS * SEATS), "-q", "EVALSHA", sha, str(len(keys)), *keys, "h__rand_int____rand_int__",
             "b__rand_int__", "1", "__rand_int__"]
     out = subprocess.run(args, capture_output=True, text=True, timeout=300).stdout
     match = re.search(r"([\d.]+) requests per second", out)

@@ -13,17 +13,11 @@ import argparse
 import asyncio
 import statistics
 import time
-import uuid
 
-import orjson
-
-from _stack import bench_stack
+from _stack import bench_stack, ledger_burst_event
 
 from gateway.core.runtime import Runtime
-from gateway.organisers import events
-from gateway.organisers.event_spec import EventSpec
 from gateway.organisers.orgs import create_organisation
-from gateway.store.keys import event_key
 from gateway.workers.ledger import LedgerWorker
 
 TICKETS_PER_ORDER = 2
@@ -36,25 +30,7 @@ async def run(settings, orders: int, repeat: int) -> list[tuple[float, float]]:
     org = await create_organisation(pool, name="Bench")
     results = []
     for r in range(repeat):
-        spec = EventSpec.model_validate({"name": f"ledger-{r}", "currency": "EUR",
-                                         "ga": [{"code": "ga", "name": "GA", "capacity": 10_000_000,
-                                                 "price_minor": 1000}]})
-        event = await events.create_event(pool, organisation_id=org.id, spec=spec)
-        await events.EventAdmin(runtime).change_status(org.id, event["id"], "open")
-        stream = event_key(settings.redis_prefix, event["id"], "ledger")
-        now = int(time.time() * 1000)
-        pipe = runtime.redis.pipeline(transaction=False)
-        for i in range(orders):
-            order_id = str(uuid.uuid4())
-            d = {"order_id": order_id, "hold_id": f"{event['id']}-{i:x}", "buyer": f"b{i}", "seats": [],
-                 "ga": {"ga": TICKETS_PER_ORDER}, "count": TICKETS_PER_ORDER,
-                 "serial_start": 1 + i * TICKETS_PER_ORDER, "confirmed_at_ms": now, "version": i + 1}
-            o = {"payment_id": f"pay_{i}", "provider": "simulator", "amount_minor": 2000, "currency": "EUR",
-                 "email": None, "idempotency_key": f"k{i}"}
-            pipe.xadd(stream, {"k": "order", "d": orjson.dumps(d), "o": orjson.dumps(o)})
-            if len(pipe) >= 2000:
-                await pipe.execute()
-        await pipe.execute()
+        event = await ledger_burst_event(runtime, org.id, f"ledger-{r}", orders, TICKETS_PER_ORDER)
         workers = [LedgerWorker(runtime, consumer=f"bench-{r}-{w}") for w in range(WORKERS)]
         # Only this event: leave other benchmark events' streams out of the timing.
         await runtime.redis.delete(f"{settings.redis_prefix}:events:ledger")

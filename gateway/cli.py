@@ -6,7 +6,9 @@ import argparse
 import asyncio
 import json
 import os
+import shutil
 import sys
+import tempfile
 from pathlib import Path
 
 from gateway.core.config import Settings
@@ -58,12 +60,26 @@ def cmd_serve(args: argparse.Namespace) -> int:
     settings = _resolve_urls(_settings())
     os.environ["REDIS_URL"] = settings.redis_url or ""
     os.environ["DATABASE_URL"] = settings.database_url or ""
+    # Every worker writes its metrics under one directory of this run, emptied now (an earlier run's figures
+    # must not count): `/metrics` on any worker adds them all up (gateway/core/metrics.py). Set before the
+    # workers are forked and import prometheus-client, which reads it then.
+    metrics_dir = settings.data_dir / "metrics" / f"gateway-{args.port}"
+    shutil.rmtree(metrics_dir, ignore_errors=True)
+    try:
+        metrics_dir.mkdir(parents=True)
+    except OSError:  # a read-only data directory: a private temporary one
+        metrics_dir = Path(tempfile.mkdtemp(prefix="flashgate-metrics-"))
+    os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(metrics_dir)
     # granian only puts working_dir first on the workers' sys.path (no chdir): the directory this `gateway`
     # was imported from (the checkout, or site-packages when installed), so workers import the same copy.
     server = Granian("gateway.api.app:app_factory", factory=True, interface="asgi", address=args.host,
                      port=args.port, workers=args.workers, loop="uvloop", log_access=False,
-                     backlog=4096, working_dir=IMPORT_ROOT, respawn_failed_workers=True)
-    server.serve()
+                     backlog=4096, working_dir=IMPORT_ROOT, respawn_failed_workers=True,
+                     workers_kill_timeout=settings.worker_stop_timeout_s)
+    try:
+        server.serve()
+    finally:
+        shutil.rmtree(metrics_dir, ignore_errors=True)
     return 0
 
 
@@ -118,6 +134,102 @@ def cmd_org_create(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_org_key(args: argparse.Namespace) -> int:
+    """`flashgate org key create|list|revoke`: the same service functions as the API."""
+    from gateway.core.errors import DomainError
+    from gateway.core.runtime import Runtime
+    from gateway.organisers import orgs
+
+    settings = _resolve_urls(_settings())
+
+    async def main():
+        runtime = Runtime.from_settings(settings)
+        try:
+            pool = await runtime.pg()
+            if args.key_command == "create":
+                return await orgs.create_key(pool, organisation_id=args.org, name=args.name, role=args.role)
+            if args.key_command == "list":
+                return await orgs.list_keys(pool, organisation_id=args.org)
+            view = await orgs.revoke_key(pool, organisation_id=args.org, key_id=args.key_id)
+            await orgs.announce_revocation(runtime)
+            return view
+        finally:
+            await runtime.close()
+
+    try:
+        result = asyncio.run(main())
+    except DomainError as err:
+        print(f"flashgate: {err.message}", file=sys.stderr)
+        return 1
+    if args.json:
+        print(json.dumps(result))
+    elif args.key_command == "create":
+        print(f"key {result['id']} ({result['name']}, {result['role']}) created\nAPI key (shown once): {result['key']}")
+    elif args.key_command == "list":
+        for k in result:
+            state = f"revoked {k['revoked_at']}" if k["revoked_at"] else "active"
+            print(f"{k['id']:>6}  {k['role']:<6} {k['prefix']}...  {k['name']}  ({state})")
+    else:
+        print(f"key {result['id']} ({result['name']}) revoked at {result['revoked_at']}")
+    return 0
+
+
+def cmd_event_import(args: argparse.Namespace) -> int:
+    """`flashgate event import FILE`: a CSV seat map into a draft event, or a new event from a body."""
+    from pydantic import ValidationError
+
+    from gateway.core.errors import DomainError
+    from gateway.core.runtime import Runtime
+    from gateway.organisers import events, seatmap_csv
+    from gateway.organisers.event_spec import EventSpec
+
+    if args.spec and args.org is None:
+        print("flashgate: --spec needs --org (the organisation that owns the new event)", file=sys.stderr)
+        return 2
+    settings = _resolve_urls(_settings())
+    try:
+        text = seatmap_csv.decode(Path(args.file).read_bytes())
+        spec = None
+        if args.spec:
+            body = json.loads(Path(args.spec).read_text())
+            spec = EventSpec.model_validate({**body, "seat_map_csv": text})
+    except OSError as exc:
+        print(f"flashgate: cannot read {exc.filename}: {exc.strerror}", file=sys.stderr)
+        return 1
+    except DomainError as err:
+        print(f"flashgate: {args.file}: {err.message}", file=sys.stderr)
+        return 1
+    except (ValueError, ValidationError) as exc:
+        print(f"flashgate: {args.spec}: {exc}", file=sys.stderr)
+        return 1
+
+    async def main():
+        runtime = Runtime.from_settings(settings)
+        try:
+            admin = events.EventAdmin(runtime)
+            if spec is not None:
+                return await admin.create(args.org, spec)
+            owner = await (await runtime.pg()).fetchval("SELECT organisation_id FROM events WHERE id = $1",
+                                                         args.event)
+            if owner is None:
+                raise events.not_found(args.event)
+            return await admin.import_seat_map(owner, args.event, text)
+        finally:
+            await runtime.close()
+
+    try:
+        view = asyncio.run(main())
+    except DomainError as err:
+        print(f"flashgate: {err.message}", file=sys.stderr)
+        return 1
+    if args.json:
+        print(json.dumps(view))
+    else:
+        seats = sum(s["seats"] for s in view["sections"])
+        print(f"event {view['id']} ({view['name']}): {len(view['sections'])} sections, {seats} seats")
+    return 0
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     from gateway.organisers.demo import create_demo
 
@@ -129,6 +241,13 @@ def cmd_demo(args: argparse.Namespace) -> int:
         for key, value in result.items():
             print(f"{key}: {value}")
     return 0
+
+
+def cmd_verify_shuffle(args: argparse.Namespace) -> int:
+    from gateway.waiting_room import verify
+
+    argv = [args.event_url] + (["--arrival", str(args.arrival)] if args.arrival is not None else [])
+    return verify.main(argv)
 
 
 def cmd_audit(args: argparse.Namespace) -> int:
@@ -186,12 +305,55 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.set_defaults(func=cmd_org_create)
 
+    keys = org.add_parser("key", help="API keys of an organisation (name and role each)").add_subparsers(
+        dest="key_command", required=True, metavar="ACTION")
+    p = keys.add_parser("create", help="create a key and print it (shown once)")
+    p.add_argument("org", type=int, help="organisation id")
+    p.add_argument("--name", required=True, help="what the key is for (e.g. 'box office laptop')")
+    p.add_argument("--role", required=True, choices=("admin", "sales", "door"),
+                   help="admin: everything; sales: figures, orders, refunds; door: scanning devices only")
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.set_defaults(func=cmd_org_key)
+    p = keys.add_parser("list", help="list the keys (never the keys themselves)")
+    p.add_argument("org", type=int, help="organisation id")
+    p.add_argument("--json", action="store_true", help="print one JSON array")
+    p.set_defaults(func=cmd_org_key)
+    p = keys.add_parser("revoke", help="revoke a key (refused by every gateway worker at once)")
+    p.add_argument("org", type=int, help="organisation id")
+    p.add_argument("key_id", type=int, help="key id (from `flashgate org key list`)")
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.set_defaults(func=cmd_org_key)
+
+    ev = sub.add_parser("event", help="events").add_subparsers(dest="event_command", required=True,
+                                                              metavar="ACTION")
+    p = ev.add_parser("import", help="import a seat map from CSV (section,row,seat,tier)",
+                      description="Read a CSV seat map (first line: section,row,seat,tier; then one line per "
+                      "seat) and either replace the seat map of a draft event (--event) or create a new event "
+                      "from an event body without sections (--spec, --org). Errors name the line and column.")
+    p.add_argument("file", help="the CSV file")
+    target = p.add_mutually_exclusive_group(required=True)
+    target.add_argument("--event", type=int, help="replace the seat map of this draft event")
+    target.add_argument("--spec", help="create an event from this JSON event body plus the CSV seat map")
+    p.add_argument("--org", type=int, help="organisation id (with --spec)")
+    p.add_argument("--json", action="store_true", help="print the event as one JSON object")
+    p.set_defaults(func=cmd_event_import)
+
     p = sub.add_parser("audit", help="check every invariant of an event across Redis and Postgres",
                        description="Check every invariant of one event across Redis and Postgres and print a "
                        "verdict; exit status 1 when anything is violated.")
     p.add_argument("event", type=int, help="event id")
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.set_defaults(func=cmd_audit)
+
+    p = sub.add_parser("verify-shuffle", help="check a waiting room's published order and admission log "
+                       "(anyone can: docs/verify_shuffle.py needs only the standard library)")
+    p.add_argument("event_url", help="e.g. https://tickets.example/v1/events/12 or https://tickets.example/buy/12")
+    p.add_argument("--arrival", type=int, help="your arrival number (in your poll answer): prints your place")
+    p.set_defaults(func=cmd_verify_shuffle)
+
+    from gateway.loadtest.cli import add_parser as add_loadtest
+
+    add_loadtest(sub)
 
     p = sub.add_parser("demo", help="create (or reuse) a demo organisation and event")
     p.add_argument("--json", action="store_true", help="print one JSON object")

@@ -1,26 +1,25 @@
-// Open sale without a waiting room (the shape used to compare ticketing systems): VUS buyers race
-// for a fixed GA quota; each iteration is one buyer: token, hold 1, pay (retrying 503 with the same
-// Idempotency-Key after Retry-After, as the buyer page does). A VU stops when the event sold out.
-//   k6 run -e BASE_URL=... -e EVENT_ID=... -e VUS=200 -e ATTEMPTS=3000 loadtest/open_sale.js
-import exec from 'k6/execution';
-import { buyerToken, buy } from './lib/buyer.js';
+// Open sale without a waiting room, the shape used to compare ticketing systems: BUYERS buyers
+// (default VUS) race for a fixed quota from the moment the sale opens, arriving over RAMP_S. The
+// buyer's journey is flash_sale.js's (lib/sale.js): availability, hold (seats picked, best seats,
+// GA), pay with the same 503 rule, tickets; abandoners, late payers and greedy buyers included, with
+// the same counters and thresholds. The seed's event must sell without a waiting room.
+// Expected mix: as flash_sale.js, without queue_wait_ms and eta_error.
+//
+// Environment and knobs: as flash_sale.js (loadtest/README.md).
+//   k6 run -e BASE_URL=http://127.0.0.1:8000 -e SEED_FILE=seed.json -e VUS=50 -e DURATION=60 -e RAMP_S=2 \
+//     loadtest/open_sale.js
+import { seed, need, EVENT } from './lib/seed.js';
+import { buyersScenario, journey, thresholds } from './lib/sale.js';
 
-const VUS = Number(__ENV.VUS || 200);
-const ATTEMPTS = Number(__ENV.ATTEMPTS || 3000);
+need('open_sale needs a seed file with event_id', EVENT != null);
+need('open_sale needs an event without a waiting room (seed "queue": false); use flash_sale.js', !seed.queue);
 
 export const options = {
-  scenarios: {
-    buyers: { executor: 'shared-iterations', vus: VUS, iterations: ATTEMPTS, maxDuration: __ENV.MAX_DURATION || '300s' },
-  },
-  thresholds: {
-    server_errors: ['count==0'],
-    purchase_ms: ['p(99)<1000'],
-  },
+  scenarios: { buyers: buyersScenario('buyers') },
+  thresholds,
   summaryTrendStats: ['med', 'p(95)', 'p(99)', 'max'],
 };
 
-export default function () {
-  const token = buyerToken();
-  if (!token) return;
-  buy(token, null, __ENV.GA_TYPE || 'floor', 1, 60);
+export function buyers() {
+  journey(false);
 }

@@ -1,6 +1,6 @@
 -- abort_checkout: a checkout whose payment did not happen gives the hold back to its buyer
 -- (state paying -> held) with its own expiry again, so they can try again until then.
--- KEYS:  the 13 event keys of common.lua.
+-- KEYS:  the 14 event keys of common.lua.
 -- ARGV[1] hold_id · ARGV[2] buyer · ARGV[3] checkout key that began the checkout
 -- Returns {status, JSON}: ok {hold_id, state} · hold_not_found · forbidden · hold_expired
 -- Keeps: only the checkout that began paying can end it; a hold never loses seats here, and a

@@ -1,5 +1,5 @@
 -- begin_checkout: mark a hold as paying and extend it to cover the payment.
--- KEYS:  the 13 event keys of common.lua.
+-- KEYS:  the 14 event keys of common.lua.
 -- ARGV[1] hold_id · ARGV[2] buyer · ARGV[3] checkout key (Idempotency-Key of the checkout)
 -- Returns {status, JSON}: ok {hold_id, seats, ga, count, expires_at_ms, state, checkout_key}
 --   hold_not_found · forbidden · hold_expired · invalid_state {state, checkout_key}

@@ -3,8 +3,8 @@
 -- attempt's lock is let go (only by its owner). The caller sends the "paid" record (HSET) in the
 -- same write just before this script, so an interrupted attempt is finished by a retry or refunded
 -- by recovery, never forgotten.
--- KEYS:  the 13 event keys of common.lua · KEYS[14] checkouts HASH · KEYS[15] the attempt's lock
---        · KEYS[16] the waiting room's q:state HASH (checkout_ms, an EWMA)
+-- KEYS:  the 14 event keys of common.lua · KEYS[15] checkouts HASH · KEYS[16] the attempt's lock
+--        · KEYS[17] the waiting room's q:state HASH (checkout_ms, an EWMA)
 -- ARGV[1] hold_id · ARGV[2] buyer · ARGV[3] order id · ARGV[4] order JSON · ARGV[5] record field
 --        · ARGV[6] paid record JSON · ARGV[7] lock token · ARGV[8] this checkout's latency ms
 --        · ARGV[9] EWMA weight
@@ -16,7 +16,7 @@
 local hold_id, buyer, order_id, order_json, field, paid, token = ARGV[1], ARGV[2], ARGV[3], ARGV[4],
   ARGV[5], ARGV[6], ARGV[7]
 local latency, alpha = tonumber(ARGV[8]), tonumber(ARGV[9])
-local K_RECORDS, K_LOCK, K_QSTATE = KEYS[14], KEYS[15], KEYS[16]
+local K_RECORDS, K_LOCK, K_QSTATE = KEYS[15], KEYS[16], KEYS[17]
 
 local result, err = sell(hold_id, buyer, order_id, order_json)
 if not result then return err end

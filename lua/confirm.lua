@@ -1,5 +1,5 @@
 -- confirm: a paid hold becomes sold, and the sale is appended to the ledger.
--- KEYS:  the 13 event keys of common.lua.
+-- KEYS:  the 14 event keys of common.lua.
 -- ARGV[1] hold_id · ARGV[2] buyer · ARGV[3] order_id · ARGV[4] order JSON (payment, totals, email)
 -- Returns {status, JSON}:
 --   ok {order_id, hold_id, seats, ga, count, serial_start, confirmed_at_ms, version, replay}

@@ -1,5 +1,5 @@
 -- expire: give back holds whose expiry has passed, in bounded batches.
--- KEYS:  the 13 event keys of common.lua.
+-- KEYS:  the 14 event keys of common.lua.
 -- ARGV[1] max holds to expire in this call (bounds the time Redis spends here)
 -- Returns {status, JSON}: ok {expired, remaining_due, version}
 -- Keeps: a hold expires at most once and only after its expiry (Redis clock); a paying

@@ -1,6 +1,6 @@
 -- prepare_event: load an event's inventory into Redis when it first opens; later
 -- calls only set the status (opening, pausing and closing never touch inventory).
--- KEYS:  the 13 event keys of common.lua.
+-- KEYS:  the 14 event keys of common.lua.
 -- ARGV[1] status · ARGV[2] n_seats · ARGV[3] hold_ttl_ms · ARGV[4] per-buyer limit
 -- ARGV[5] checkout_ms · ARGV[6..] GA pairs: code, capacity, code, capacity, ...
 -- Returns {status, JSON}: ok {created, version}

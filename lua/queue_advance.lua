@@ -3,6 +3,7 @@
 -- held back only by what the inventory left can really serve (see "Admission budget" below).
 -- KEYS[1] q:lease   STRING leader id, with expiry (PX)
 -- KEYS[2] q:state   HASH   see queue_join.lua; this script writes upto, credit, last (ms), mrate (places/s),
+--                          frate (the rate ETAs are forecast at),
 --                          arate (admissions/s), admitted, skipped, paused, factor, free, held, expiring,
 --                          holds, sold_out, leader, rate, and the demand model: pend (JSON [[t, n], ...]:
 --                          admissions not answered yet, t = ms since epoch, oldest first), pending, ccur
@@ -16,8 +17,10 @@
 -- ARGV[5] decision s (longest time an admitted buyer counts as pending) · ARGV[6] expiring window s
 -- ARGV[7] max active holds · ARGV[8] max checkout ms · ARGV[9] max places per call
 -- ARGV[10] admission TTL s · ARGV[11] poll interval s (shortest pending window) · ARGV[12] prior weight (buyers)
+-- ARGV[13] checkout latency target ms (above it, admission follows the measured sales rate; see "Pacing")
 -- Returns {status, JSON}:
---   ok          {upto, admitted, skipped, paused, factor, budget, pending} or {idle = true} (no waiting room)
+--   ok          {upto, admitted, skipped, paused, factor, budget, pending, sold_out} or {idle = true} (no
+--               waiting room)
 --   not_leader  {leader}
 -- Keeps: one writer (the lease holder) per event; upto only grows; every place up to upto has its
 -- fate written once (admitted at t, or skipped because it stopped polling for longer than stall s).
@@ -38,6 +41,17 @@
 --   budget  = ceil((free + back - pending x m) / m) when positive, else 0 (paused: inventory)
 -- So while tickets are free and nobody admitted is still deciding, at least ceil(free / m) >= 1 buyers
 -- are admitted: the queue moves until the last ticket is sold. Sold out (free = 0 and held = 0) stops it.
+--
+-- Pacing by the measured checkout throughput: admissions/s are capped by `pace`. srate = sales per second
+-- (2 s EWMA of op 3 in the changes stream). While checkouts take longer than the target (checkout_ms, the
+-- EWMA written by checkout_confirm, above ARGV[13]) and sales are flowing, pace follows what checkout
+-- completes, in buyers:
+--   pace = max(1, srate / m x clamp(1.2 x target / checkout_ms, 0.5, 1.2))
+-- (20 % more than checkout completes when just at the target, down to half when twice as slow). Otherwise
+-- pace doubles every second in which it is what holds waiting buyers back (slow start, from PACE_START),
+-- up to the organiser's rate x factor. So a queue that opens on a crowd ramps up to the rate in a few
+-- seconds while checkout shows it keeps up, and buyers wait in the queue, where waiting is cheap and
+-- honest, rather than at a saturated checkout.
 
 --!include prequeue
 
@@ -51,6 +65,8 @@ local WINDOW_MEDIANS = 3       -- an admission unanswered for this many median r
 local MERGE_MS = 250           -- admissions closer than this share one entry of the pending list
 local MAX_CHANGES = 2000       -- changes-stream entries read per call (the rest next tick)
 local RETURN_PRIOR_N = 10      -- weight, in holds, of the prior "every expiring hold comes back"
+local UH_KEEP = 4              -- seconds of admitted-up-to history kept for positions
+local PACE_START = 20          -- admissions/s a queue starts at (slow start: doubles every second it is used)
 
 local function reply(status, detail)
   return {status, cjson.encode(detail or {})}
@@ -73,6 +89,7 @@ local limit = tonumber(m[5]) or 8
 local stall, prior_m, decision = tonumber(ARGV[3]), tonumber(ARGV[4]), tonumber(ARGV[5])
 local window, max_holds, max_ms, max_scan = tonumber(ARGV[6]), tonumber(ARGV[7]), tonumber(ARGV[8]), tonumber(ARGV[9])
 local adm_ttl, poll_s, prior_n = tonumber(ARGV[10]), tonumber(ARGV[11]), tonumber(ARGV[12])
+local target_ms = tonumber(ARGV[13]) or 0
 
 local t = redis.call('TIME')
 local now_s = tonumber(t[1])
@@ -82,13 +99,30 @@ if redis.call('HSETNX', K_STATE, 'epoch', now_s) == 1 then
 end
 if status == 'on_sale' then freeze_prequeue(K_STATE, K_SEED, now_s, now_ms) end
 local s = redis.call('HMGET', K_STATE, 'epoch', 'opened', 'pre', 'upto', 'seq', 'last', 'credit', 'pend',
-                     'mrate', 'arate', 'checkout_ms', 'ccur', 'react', 'sells', 'returns')
+                     'mrate', 'arate', 'checkout_ms', 'ccur', 'react', 'sells', 'returns', 'srate', 'pace', 'uh')
 local epoch, opened, pre = tonumber(s[1]), tonumber(s[2]), tonumber(s[3]) or 0
 local upto, seq, last = tonumber(s[4]) or 0, tonumber(s[5]) or 0, tonumber(s[6]) or now_ms
 local credit = tonumber(s[7]) or 0
 local mrate, arate, checkout_ms = tonumber(s[9]) or 0, tonumber(s[10]) or 0, tonumber(s[11]) or 0
 local ccur, react = s[12] or '0-0', tonumber(s[13])
 local sells, returns = tonumber(s[14]) or 0, tonumber(s[15]) or 0
+local srate = tonumber(s[16]) or 0
+local pace = tonumber(s[17]) or PACE_START
+-- uh: admitted-up-to at the start of each of the last seconds, "second:upto,..." oldest first. Workers show
+-- positions against the value of the previous second, which every worker knows (they refresh within it),
+-- so a buyer's position is the same on every worker and never rises (gateway/waiting_room/cache.py).
+local uh = s[18] or ''
+do
+  local last = tonumber(string.match(uh, '(%d+):%d+$'))
+  if not last or last < now_s then
+    local entries = {}
+    for e in string.gmatch(uh, '[^,]+') do entries[#entries + 1] = e end
+    entries[#entries + 1] = now_s .. ':' .. (tonumber(s[4]) or 0)
+    while #entries > UH_KEEP do table.remove(entries, 1) end
+    uh = table.concat(entries, ',')
+  end
+end
+local sells0 = sells
 local rel = now_s - epoch
 local rel_ms = now_ms - epoch * 1000
 local dt = (now_ms - last) / 1000
@@ -114,7 +148,9 @@ local expiring = 0
 if holds > 0 then
   expiring = redis.call('ZCOUNT', K_HOLDS, '-inf', now_ms + window * 1000) * held / holds
 end
-local sold_out = free <= 0 and held <= 0
+-- Sold out is final once seen (nothing free, nothing held): the queue ends, and tickets that come back
+-- afterwards go to the waiting list (lua/lib/waitlist.lua), not to the places still in the queue.
+local sold_out = (free <= 0 and held <= 0) or redis.call('HGET', K_STATE, 'sold_out') == '1'
 
 -- Tickets per buyer: measured over the buyers who hold or own tickets, from the prior until enough acted.
 local acted = redis.call('HLEN', K_BUYERS)
@@ -196,13 +232,35 @@ local spare = free + back - pending * tpb
 local budget = 0
 if spare > 0 then budget = math.ceil(spare / tpb - 1e-9) end
 
+-- Pacing by the measured checkout throughput (see the header).
+if dt > 0 then srate = srate + (1 - math.exp(-dt / 2)) * ((sells - sells0) / dt - srate) end
+local eff, ccap = rate * factor, nil
+if target_ms > 0 then
+  if checkout_ms > target_ms and srate >= 0.5 then  -- checkout is saturated: follow what it completes
+    local gain = math.max(0.5, math.min(1.2, 1.2 * target_ms / checkout_ms))
+    pace = math.max(1, srate / tpb * gain)
+  elseif dt > 0 and pace < eff and upto < seq and budget > 0 then
+    -- checkout keeps up and the pace is what holds buyers back: double per second (a leader gap is no growth)
+    pace = math.min(eff, pace * 2 ^ math.min(dt, 0.5))
+  end
+  if pace < eff then eff, ccap = pace, pace end
+end
+-- The rate waiting buyers' ETAs are forecast at (gateway/waiting_room/cache.py eta_rate): where this
+-- leader is heading, i.e. the configured rate under backpressure, capped by checkout's pace only while
+-- it follows checkout (a slow start is over in seconds). 0 when the tickets left cannot serve a second of
+-- it: the ETA then rests on the measured rate alone.
+local frate = rate * factor
+if target_ms > 0 and checkout_ms > target_ms and srate >= 0.5 and pace < frate then frate = pace end
+if budget < frate then frate = 0 end
+
 local paused, admitted, skipped, upto0 = '', 0, 0, upto
 if status ~= 'on_sale' then
   paused, credit = 'event_' .. (status or 'gone'), 0
 elseif sold_out then
   paused, credit, budget = 'sold_out', 0, 0
 else
-  credit = math.min(credit + rate * factor * dt, math.max(1, rate))  -- at most one second of backlog
+  credit = math.min(credit + eff * dt, math.max(1, eff))  -- at most one second of backlog
+  if factor == 0 then credit = 0 end                        -- nothing saved up is spent at backpressure
   local want = math.floor(credit)
   if budget < want then want = budget end
   if budget <= 0 then paused = 'inventory'
@@ -250,9 +308,14 @@ end
 local pend_json = '[]'
 if #kept > 0 then pend_json = cjson.encode(kept) end
 
-if dt > 0 then
-  local a = 1 - math.exp(-dt / 5)  -- 5 s EWMA
+if dt > 0 and upto < seq then
+  -- 5 s EWMA of places passed per second, measured while buyers wait after the tick (a queue that
+  -- drains measures demand, not how fast places pass).
+  local a = 1 - math.exp(-dt / 5)
   mrate = mrate + a * ((upto - upto0) / dt - mrate)
+end
+if dt > 0 then
+  local a = 1 - math.exp(-dt / 5)
   arate = arate + a * (admitted / dt - arate)
 end
 redis.call('HSET', K_STATE, 'upto', upto, 'credit', credit, 'last', now_ms, 'mrate', mrate,
@@ -260,8 +323,8 @@ redis.call('HSET', K_STATE, 'upto', upto, 'credit', credit, 'last', now_ms, 'mra
            'expiring', expiring, 'sold_out', sold_out and 1 or 0, 'leader', me, 'rate', rate,
            'pend', pend_json, 'pending', pending, 'ccur', ccur, 'react', react or '', 'pwin', pwin,
            'tpb', tpb, 'acted', acted, 'taken', taken, 'sells', sells, 'returns', returns, 'ret', ret,
-           'budget', budget)
+           'budget', budget, 'srate', srate, 'ccap', ccap or '', 'pace', pace, 'uh', uh, 'frate', frate)
 if admitted > 0 then redis.call('HINCRBY', K_STATE, 'admitted', admitted) end
 if skipped > 0 then redis.call('HINCRBY', K_STATE, 'skipped', skipped) end
 return reply('ok', {upto = upto, admitted = admitted, skipped = skipped, paused = paused, factor = factor,
-                    budget = budget, pending = pending})
+                    budget = budget, pending = pending, sold_out = sold_out})

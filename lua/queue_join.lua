@@ -7,6 +7,7 @@
 -- KEYS[5] q:fate    STRING u32 per place: 0 undecided, 1 skipped (stalled), t + 2 = admitted at epoch + t
 -- KEYS[6] q:seed    STRING the pre-queue seed, secret until the sale opens
 -- KEYS[7] rate counter of the caller's IP for this event · KEYS[8] rate counter of the buyer for this event
+-- KEYS[9] q:pre     ZSET   pre-queue arrivals scored by their key (the order, see below)
 -- ARGV[1] buyer · ARGV[2] IP limit · ARGV[3] buyer limit · ARGV[4] window (s) · ARGV[5] admission TTL (s)
 -- Returns {status, JSON}:
 --   ok            {n arrival number, r place (0 while in the pre-queue), existing, epoch, upto, admitted_at?}
@@ -35,21 +36,14 @@ local function over(key, limit, window)
   return nil
 end
 
--- Keyed permutation of [0, size): a 6-round Feistel network (round function: SHA-1 of
--- seed:round:half) with cycle walking. gateway/waiting_room/shuffle.py is its twin.
-local function perm(seed, size, x)
-  local h = 1
-  while 4 ^ h < size do h = h + 1 end
-  local m = 2 ^ h
-  repeat
-    local l, r = math.floor(x / m), x % m
-    for i = 0, 5 do
-      local f = tonumber(string.sub(redis.sha1hex(seed .. ':' .. i .. ':' .. r), 1, 8), 16) % m
-      l, r = r, bit.bxor(l, f)
-    end
-    x = l * m + r
-  until x < size
-  return x
+-- The pre-queue order: each pre-queue arrival n is scored by key(n) = the first 13 hex digits of
+-- SHA-1(seed text .. ':' .. n) in KEYS[9] (member: n, zero-padded to 10 digits, so equal keys rank
+-- by arrival); its place once the sale opens is its rank. gateway/waiting_room/shuffle.py is the twin.
+local function prequeue_key(seed, n)
+  return tonumber(string.sub(redis.sha1hex(seed .. ':' .. n), 1, 13), 16)
+end
+local function member(n)
+  return string.format('%010d', n)
 end
 
 local window = tonumber(ARGV[4])
@@ -86,7 +80,7 @@ local rel = now_s - epoch
 
 local function place_of(n)
   if not opened then return 0 end
-  if n <= pre then return perm(seed, pre, n - 1) + 1 end
+  if n <= pre then return redis.call('ZRANK', KEYS[9], member(n)) + 1 end
   return n
 end
 
@@ -112,5 +106,8 @@ local r = 0
 if opened then
   r = n
   redis.call('BITFIELD', K_SEEN, 'SET', 'u32', '#' .. r, rel + 1)
+else
+  local secret = redis.call('GET', K_SEED)
+  if secret and secret ~= '' then redis.call('ZADD', KEYS[9], prequeue_key(secret, n), member(n)) end
 end
 return reply('ok', {n = n, r = r, existing = false, epoch = epoch, upto = upto})

@@ -1,6 +1,6 @@
 -- snapshot: everything a gateway worker needs to (re)build its availability snapshot,
 -- read at one instant.
--- KEYS:  the 13 event keys of common.lua (reads meta, sold, held, changes, ga only).
+-- KEYS:  the 14 event keys of common.lua (reads meta, sold, held, changes, ga only).
 -- ARGV:  none.
 -- Returns a flat array (bitmaps are binary, so no JSON):
 --   {sold bytes, held bytes, version, last change stream id or '0-0', status, ga HGETALL array}

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 
+import asyncpg
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
@@ -11,9 +12,16 @@ from starlette.responses import Response
 
 from redis.exceptions import RedisError
 
-from gateway.core.errors import DomainError, error_body, store_unavailable
+from gateway.core.errors import DomainError, database_unavailable, error_body, store_unavailable
+from gateway.core.logs import request_id_var
 
 log = logging.getLogger("flashgate.api")
+
+# Postgres unreachable, as asyncpg and the pool raise it: refused or reset connections, the pool's connect
+# timeout, a connection lost mid-query, a server starting or shutting down, no connection slot left.
+POSTGRES_DOWN: tuple[type[BaseException], ...] = (
+    OSError, TimeoutError, asyncpg.PostgresConnectionError, asyncpg.InterfaceError,
+    asyncpg.exceptions.OperatorInterventionError, asyncpg.TooManyConnectionsError)
 
 _HTTP_CODES = {404: "not_found", 405: "method_not_allowed", 400: "bad_request", 401: "unauthorized",
                403: "forbidden", 413: "body_too_large", 415: "unsupported_media_type"}
@@ -61,10 +69,26 @@ async def redis_error(request: Request, exc: Exception) -> Response:
     return _json(err.status, error_body(err.code, err.message, err.details), err.headers)
 
 
+async def postgres_down(request: Request, exc: Exception) -> Response:
+    """Postgres away: organiser routes that need it answer 503 with Retry-After (sales never need it)."""
+    log.warning("Postgres unavailable", extra={"path": request.url.path, "error": repr(exc)})
+    err = database_unavailable()
+    return _json(err.status, error_body(err.code, err.message, err.details), err.headers)
+
+
+async def data_error(request: Request, exc: Exception) -> Response:
+    """A value Postgres cannot store (a NUL character, a number out of range) that a route's own
+    validation let through: the statement failed, nothing was written, so it is the request's fault."""
+    log.warning("value refused by Postgres", extra={"path": request.url.path, "error": repr(exc)})
+    return _json(422, error_body("validation_error", "Invalid request: a value cannot be stored (out of range, "
+                                 "or text with a NUL character).", {"errors": []}))
+
+
 async def unhandled(request: Request, exc: Exception) -> Response:
     log.exception("unhandled error", exc_info=exc)
+    request_id = request_id_var.get()  # set by the edge; also in the X-Request-ID header
     return _json(500, error_body("internal_error", "Something went wrong on our side; the request id "
-                                 "identifies it in our logs."))
+                                 "identifies it in our logs.", {"request_id": request_id} if request_id else None))
 
 
 def install(app: FastAPI) -> None:
@@ -72,4 +96,7 @@ def install(app: FastAPI) -> None:
     app.add_exception_handler(RequestValidationError, validation_error)
     app.add_exception_handler(StarletteHTTPException, http_error)
     app.add_exception_handler(RedisError, redis_error)
+    app.add_exception_handler(asyncpg.DataError, data_error)
+    for exc_type in POSTGRES_DOWN:
+        app.add_exception_handler(exc_type, postgres_down)
     app.add_exception_handler(Exception, unhandled)

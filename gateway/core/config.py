@@ -28,8 +28,38 @@ def _default_data_dir() -> Path:
     return Path.cwd() / "var"
 
 
-# Secrets: in production each must be set and must not look like a development value.
+# Secrets: in production each must be set, must not look like a development value, and must be random
+# enough (check_secret).
 SECRET_FIELDS = ("secret_key",)
+DEV_SECRET_PREFIXES = (DEV_SECRET_PREFIX, "test-")  # generated in development; the test suites' secrets
+MIN_SECRET_LENGTH = 32
+MIN_SECRET_DISTINCT = 10      # distinct characters: refuses 'a' * 32, 'password' * 4
+MIN_SECRET_GUESSES_LOG10 = 25  # zxcvbn's estimate (~83 bits): refuses repeats, sequences, words, keyboard walks
+# Words of the placeholders that configuration examples and templates carry ("change-me-to-a-long-random-value",
+# "<your secret here>"): long enough for zxcvbn, never meant to be kept.
+PLACEHOLDER_WORDS = ("changeme", "replaceme", "placeholder", "yoursecret", "secrethere", "example", "randomvalue",
+                     "notsecret", "insecure", "fillme", "xxxxxx")
+
+
+def check_secret(env: str, value: str | None) -> None:
+    """Refuse a production secret that is missing, a development value, or guessable; the message
+    names the variable and how to make a good one, never the value."""
+    if not value:
+        raise SettingsError(f"{env} must be set in production")
+    how = "set a random production secret, e.g. `python -c 'import secrets; print(secrets.token_urlsafe(32))'`"
+    if value.startswith(DEV_SECRET_PREFIXES):
+        raise SettingsError(f"{env} is a development value; {how}")
+    if len(value) < MIN_SECRET_LENGTH:
+        raise SettingsError(f"{env} is shorter than {MIN_SECRET_LENGTH} characters; {how}")
+    letters = "".join(ch for ch in value.lower() if ch.isalnum())
+    if any(word in letters for word in PLACEHOLDER_WORDS):
+        raise SettingsError(f"{env} looks like a placeholder from an example; {how}")
+    if len(set(value)) < MIN_SECRET_DISTINCT:
+        raise SettingsError(f"{env} has fewer than {MIN_SECRET_DISTINCT} distinct characters; {how}")
+    from zxcvbn import zxcvbn  # imported only here: production start-up
+
+    if zxcvbn(value[:72])["guesses_log10"] < MIN_SECRET_GUESSES_LOG10:  # zxcvbn reads at most 72 characters
+        raise SettingsError(f"{env} is too easy to guess (repeats, sequences, words or keyboard patterns); {how}")
 
 
 class SettingsError(ValueError):
@@ -60,9 +90,13 @@ class ProviderSettings(BaseSettings):
     limit_latency_target_s: float | None = None  # RTT above this shrinks the limit; None: timeout_s / 3
     limit_throttle_backoff: float = 0.5  # a 429 multiplies the limit by this (at most once per RTT)
     limit_baseline_window_s: float = 30.0  # time constant of the baseline RTT drifting up
+    limit_rtt_floor_s: float = 0.02      # RTTs below this are never queueing (a busy gateway's own loop lag)
     queue_max: int = 512                 # callers waiting for a slot, at most; beyond: shed (busy)
     queue_margin_rtts: float = 1.5       # a call leaves only with this many RTTs of budget left
     breaker_trial_lease_s: float | None = None  # one trial across processes; None: timeout_s + 1
+    # Checkout charges in one call (authorize with capture, as card providers offer); false: authorize, then
+    # capture in a second call (docs/checkout.md "Round trips").
+    capture_on_authorize: bool = True
 
 
 class NotifySettings(BaseSettings):
@@ -80,6 +114,10 @@ class NotifySettings(BaseSettings):
     smtp_max_concurrency: int = 8
     webhook_timeout_s: float = 5.0
     webhook_max_concurrency: int = 8  # per destination host
+    # Webhooks reach public addresses only (gateway/providers/egress.py); these CIDRs are let through
+    # anyway, e.g. "127.0.0.0/8" for a receiver on a development machine. Refused in production when it
+    # opens loopback or link-local addresses (the stack's own servers, the cloud metadata service).
+    webhook_allow_networks: str = ""
     # A worker waits for a bulkhead slot rather than failing at once: it is not serving a buyer.
     acquire_timeout_s: float = 10.0
     max_attempts: int = 5
@@ -107,6 +145,10 @@ class Settings(BaseSettings):
     # Connection URLs keep their conventional unprefixed names.
     redis_url: str | None = Field(default=None, validation_alias="REDIS_URL")
     database_url: str | None = Field(default=None, validation_alias="DATABASE_URL")
+    # A streaming replica for organiser reads that tolerate lag (gateway/db/replica.py, docs/scaling.md).
+    database_replica_url: str | None = Field(default=None, validation_alias="DATABASE_REPLICA_URL")
+    database_replica_max_lag_s: float = Field(default=5.0, gt=0)  # more behind: those reads go to the primary
+    database_replica_check_s: float = Field(default=1.0, gt=0)    # how often each process checks the replica
     # Prefix of every Redis key: lets several stacks (or test runs) share one server.
     redis_prefix: str = "fg"
 
@@ -117,6 +159,9 @@ class Settings(BaseSettings):
     host: str = "127.0.0.1"
     port: int = 8000
     workers: int = 2
+    # A worker that has not stopped this long after being asked is killed (an open live-figures stream
+    # never ends by itself, and granian waits for open connections before it stops a worker).
+    worker_stop_timeout_s: int = 5
     log_level: str = "INFO"
 
     # Every Redis command (waiting for a pooled connection included) answers within this budget,
@@ -144,16 +189,43 @@ class Settings(BaseSettings):
     queue_lease_ms: int = 2000                 # leader lease; a dead leader is replaced after this
     queue_max_active_holds: int = 5000         # backpressure: admission slows above 80 %, stops at 100 %
     queue_max_checkout_ms: float = 3000.0      # backpressure on the checkout latency (EWMA)
+    queue_checkout_target_ms: float = 400.0    # above it, admission follows the measured sales rate (0: off)
     queue_tickets_per_buyer: float = 2.0       # prior of the measured tickets per admitted buyer (inventory budget)
     queue_tickets_prior_n: float = 20.0        # weight of that prior, in buyers (measured data takes over after)
     queue_decision_s: float = 60.0             # an admitted buyer who has not acted counts as pending demand at most
                                                # this long (less when buyers are measured to react faster)
     queue_expiring_window_s: float = 60.0      # holds expiring within this window count as coming back
     queue_poll_per_ip_per_s: float = 200.0     # in-process, per worker
+    trusted_proxies: str = ""                  # CIDRs whose X-Forwarded-For names the client (gateway/api/clientip.py)
     queue_poll_per_token_per_s: float = 2.0    # in-process, per worker (burst 5x)
     queue_join_per_ip_per_s: float = 10.0      # in-process, per worker (burst 5x)
     queue_join_per_ip_per_min: int = 120       # Redis counter, per event
     queue_join_per_buyer_per_min: int = 10     # Redis counter, per event
+    # Waiting list after the final sell-out (docs/waiting-room.md, "Waiting list").
+    waitlist_offer_ttl_s: int = Field(default=600, ge=1, le=86_400)  # an offer is bound to its buyer this long
+
+    # Sybil protections (docs/waiting-room.md, "Sybil protections"; gateway/api/sybil.py). An IPv6
+    # client's "address" is its /64 (a subscriber's usual allocation), its "prefix" its /48; IPv4: the
+    # address and its /24. Addresses that are themselves trusted proxies are not limited. 0: off.
+    buyer_token_per_ip_per_s: float = 0.5      # token minting, in-process per worker (sustained)
+    buyer_token_per_ip_burst: float = 20.0     #   ... and at once
+    buyer_token_per_prefix_per_s: float = 10.0  # per network prefix, sized for carrier-grade NAT
+    buyer_token_per_prefix_burst: float = 300.0
+    ipv4_prefix_bits: int = 24
+    ipv6_prefix_bits: int = 48
+    ipv6_address_bits: int = 64
+    # Loopback clients (this host: tools, a load generator or chaos run on the same machine) skip the
+    # three Sybil limits; unset: yes in development and test, no in production.
+    sybil_exempt_loopback: bool | None = None
+    holds_per_address_factor: float = 4.0      # tickets held at once per address per event: x per-buyer limit
+    queue_pow: bool = False                    # proof of work on joining a waiting room
+    queue_pow_bits: int = 16                   # its difficulty: leading zero bits of SHA-256 (~2^bits hashes)
+    queue_pow_ttl_s: int = 3600                # how long a challenge can be solved and shown
+
+    # Organiser API keys (docs/organisers.md, "Keys and roles").
+    api_key_fail_burst: int = 10               # failed key checks per address at once (in-process, per worker)
+    api_key_fail_per_ip_per_min: int = 30      # failed key checks per address per minute (Redis, all workers)
+    seat_map_max_bytes: int = 16 * 1_048_576   # body limit of the seat-map route (PUT .../seat-map)
 
     # Sections with their own variable prefix (FLASHGATE_PAYMENTS_*, FLASHGATE_NOTIFY_*).
     payments: ProviderSettings = Field(default_factory=ProviderSettings)
@@ -167,27 +239,37 @@ class Settings(BaseSettings):
     ledger_idle_poll_s: float = 0.2            # idle poll interval (from 20 ms after work, doubling up to it)
     ledger_scrub_batch: int = 10               # registry events checked per round by the background scrub
 
+    # Metrics (docs/operations.md, "Metrics and alerts"). `GET /metrics` asks for `Authorization: Bearer
+    # <metrics_token>` when it is set; unset, only loopback clients may scrape.
+    metrics_token: str | None = None
+    metrics_event_labels: int = 20            # the most recent events with a label of their own; the rest `other`
+
     @model_validator(mode="after")
     def _secrets(self) -> "Settings":
         if self.environment == "production":
             for name in SECRET_FIELDS:
-                value = getattr(self, name)
-                env = f"FLASHGATE_{name.upper()}"
-                if not value:
-                    raise SettingsError(f"{env} must be set in production")
-                if value.startswith(DEV_SECRET_PREFIX) or len(value) < 32:
-                    raise SettingsError(
-                        f"{env} is a development value or shorter than 32 characters; "
-                        "set a random production secret"
-                    )
+                check_secret(f"FLASHGATE_{name.upper()}", getattr(self, name))
         elif not self.secret_key:
             self.secret_key = _dev_secret(self.data_dir)
+        if self.environment == "production":
+            _check_webhook_allow_list(self.notify.webhook_allow_networks)
         return self
 
     @property
     def secret_bytes(self) -> bytes:
         assert self.secret_key is not None
         return self.secret_key.encode()
+
+
+def _check_webhook_allow_list(spec: str) -> None:
+    import ipaddress
+
+    never = [ipaddress.ip_network(n) for n in ("127.0.0.0/8", "169.254.0.0/16", "::1/128", "fe80::/10")]
+    for part in filter(None, (p.strip() for p in spec.split(","))):
+        net = ipaddress.ip_network(part, strict=False)
+        if any(net.version == n.version and net.overlaps(n) for n in never):
+            raise SettingsError(f"FLASHGATE_NOTIFY_WEBHOOK_ALLOW_NETWORKS opens {part} (loopback or link-local) "
+                                "to webhooks; that is for development only")
 
 
 def _dev_secret(data_dir: Path) -> str:

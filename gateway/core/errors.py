@@ -37,6 +37,8 @@ STATUS = {
     "unsupported_media_type": 415,
     "validation_error": 422,
     "limit_exceeded": 429,
+    "address_limit_exceeded": 429,
+    "proof_of_work_required": 428,
     "rate_limited": 429,
     "busy": 503,
     "internal_error": 500,
@@ -66,3 +68,9 @@ def store_unavailable() -> DomainError:
     """What a buyer sees when Redis does not answer within the request budget (or at all)."""
     return DomainError("unavailable", "The sale is temporarily unavailable; try again in a moment.",
                        headers={"Retry-After": "1"})
+
+
+def database_unavailable() -> DomainError:
+    """What an organiser sees when Postgres does not answer: sales go on, this request cannot."""
+    return DomainError("unavailable", "Organiser data is temporarily unavailable; sales and scans go on. "
+                       "Try again in a moment.", headers={"Retry-After": "5"})

@@ -14,6 +14,7 @@ import asyncpg
 
 from gateway.core.config import Settings
 from gateway.core.sealing import Sealer
+from gateway.db.replica import ReplicaReads
 from gateway.store.redis import RedisStore, redis_client
 
 __all__ = ["Runtime", "RuntimeNotConfigured", "redis_client"]
@@ -21,6 +22,16 @@ __all__ = ["Runtime", "RuntimeNotConfigured", "redis_client"]
 
 class RuntimeNotConfigured(RuntimeError):
     pass
+
+
+async def release_cheaply(conn: asyncpg.Connection) -> None:
+    """What a pooled connection needs before its next use. asyncpg's default sends a reset query
+    (advisory unlocks, CLOSE ALL, UNLISTEN, RESET ALL) on every release: a round trip per query at a
+    sale's rate, for session state the application never sets (no LISTEN, no session settings, no
+    advisory locks on pooled connections: migrations lock on a connection of their own). Only a
+    transaction left open is rolled back."""
+    if conn.is_in_transaction():
+        await conn.execute("ROLLBACK")
 
 
 class Runtime:
@@ -33,6 +44,8 @@ class Runtime:
         self.sealer = Sealer(settings.secret_bytes)
         self._pg: asyncpg.Pool | None = None
         self._pg_lock = asyncio.Lock()
+        # Organiser reads that tolerate lag: the replica when DATABASE_REPLICA_URL is set and it keeps up.
+        self.reads = ReplicaReads(settings, self.pg)
 
     @classmethod
     def from_settings(cls, settings: Settings) -> "Runtime":
@@ -55,10 +68,11 @@ class Runtime:
                 if self._pg is None:
                     s = self.settings
                     self._pg = await asyncpg.create_pool(s.database_url, min_size=0, max_size=s.pg_pool_size,
-                                                         timeout=3.0, command_timeout=10.0)
+                                                         timeout=3.0, command_timeout=10.0, reset=release_cheaply)
         return self._pg
 
     async def close(self) -> None:
+        await self.reads.close()
         if self._pg is not None:
             await self._pg.close()
             self._pg = None

@@ -1,6 +1,7 @@
-"""Signed stateless tokens (HMAC-SHA256): buyer, queue, admission and order tokens.
+"""Signed stateless tokens (HMAC-SHA256): buyer, queue, admission and order tokens, order page links.
 
-Format: `<kind>.<base64url(JSON payload)>.<base64url(first 16 bytes of HMAC)>`.
+Format: `<kind>.<base64url(JSON payload)>.<base64url(first 16 bytes of HMAC)>`, base64url unpadded
+and canonical: any other spelling of the same bytes is refused.
 The MAC covers kind and payload, so a token of one kind never passes as another.
 Verification needs no Redis and no database.
 """
@@ -26,7 +27,13 @@ def _b64(data: bytes) -> str:
 
 
 def _unb64(text: str) -> bytes:
-    return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
+    """Decode unpadded base64url, accepting only the one canonical spelling: no padding, no other
+    characters, no bits set in the unused low bits of the last character (lenient decoders accept
+    several spellings of the same bytes, and anything keyed on the token string could be sidestepped)."""
+    data = base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
+    if _b64(data) != text:
+        raise ValueError("not the canonical encoding")
+    return data
 
 
 class TokenSigner:
@@ -79,7 +86,8 @@ class TokenSigner:
         return payload
 
 
-_KIND_NAMES = {"b": "buyer", "q": "queue", "a": "admission", "o": "order"}
+_KIND_NAMES = {"b": "buyer", "q": "queue", "a": "admission", "o": "order", "l": "order page link",
+               "d": "device", "w": "proof-of-work challenge"}
 
 
 def kind_name(kind: str) -> str:

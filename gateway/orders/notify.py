@@ -25,6 +25,7 @@ import orjson
 
 from gateway.core.config import NotifySettings
 from gateway.core.runtime import Runtime
+from gateway.store.keys import notify_key
 
 Kind = Literal["email", "webhook"]
 KINDS = ("email", "webhook")
@@ -32,15 +33,15 @@ SIGNATURE_HEADER = "X-Flashgate-Signature"
 
 
 def stream_key(runtime: Runtime) -> str:
-    return runtime.key("notify")
+    return notify_key(runtime.prefix)
 
 
 def retry_key(runtime: Runtime) -> str:
-    return runtime.key("notify", "retry")
+    return notify_key(runtime.prefix, "retry")
 
 
 def dead_key(runtime: Runtime) -> str:
-    return runtime.key("notify", "dead")
+    return notify_key(runtime.prefix, "dead")
 
 
 def message_fields(*, kind: str, payload: Mapping[str, Any] | bytes, attempt: int, nid: str,

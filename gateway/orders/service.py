@@ -18,10 +18,11 @@ import orjson
 from gateway.core.errors import DomainError
 from gateway.core.runtime import Runtime
 from gateway.core.tokens import TokenSigner
+from gateway.db.replica import read_from
 from gateway.orders import notify, ticketcodes
 from gateway.orders.confirmations import Confirmations
 from gateway.orders.refunds import order_not_found, refund_order
-from gateway.orders.tickets import KEY_ID, event_info, public_ticket, ticket_rows
+from gateway.orders.tickets import KEY_ID, event_info, order_page_link, public_ticket, ticket_rows
 from gateway.organisers import events
 from gateway.providers.payments import PaymentProvider
 from gateway.sale.snapshots import SnapshotManager
@@ -43,19 +44,31 @@ class Orders:
         self.snapshots = snapshots
         self.provider = provider
         self.confirmations = confirmations
+        self._keys: dict[int, bytes] = {}  # event id -> its ticket-signing key (never changes for an event)
 
     # -- buyer -----------------------------------------------------------------------------
-    def event_of(self, order_id: str, order_token: str | None) -> int:
-        """The event of an order, if `order_token` is this order's token (from checkout)."""
+    def event_of(self, order_id: str, order_token: str | None, kind: str = "o") -> int:
+        """The event of an order, if `order_token` is this order's token (from checkout), or with
+        `kind="l"` an unexpired order page link of this order."""
         if not order_token:
+            if kind == "l":
+                raise DomainError("unauthorized", "Open the order page with the link from your order; it is "
+                                  "valid for a few minutes.")
             raise DomainError("unauthorized", "Send the order token from checkout as `Authorization: Bearer <token>`.")
-        claims = self.signer.verify(order_token, "o")
+        claims = self.signer.verify(order_token, kind)
         if claims.get("sub") != order_id:
             raise DomainError("forbidden", "This order token belongs to another order.")
         return int(claims["ev"])
 
     async def for_buyer(self, order_id: str, order_token: str | None) -> dict[str, Any]:
-        return await self.load(order_id, self.event_of(order_id, order_token))
+        """The order and its tickets for the holder of its order token, with a fresh order page link."""
+        event_id = self.event_of(order_id, order_token)
+        order = await self.load(order_id, event_id)
+        return {**order, **order_page_link(self.signer, order_id, event_id)}
+
+    async def for_page(self, order_id: str, link_token: str | None) -> dict[str, Any]:
+        """The order for the order page, opened with a short-lived link (never with the order token)."""
+        return await self.load(order_id, self.event_of(order_id, link_token, kind="l"))
 
     async def load(self, order_id: str, event_id: int) -> dict[str, Any]:
         """From Postgres when the ledger has written it, else from Redis."""
@@ -71,24 +84,35 @@ class Orders:
         return found if found is not None else await self._from_redis(order_id, event_id)
 
     async def _from_postgres(self, order_uuid: uuid.UUID, order_id: str, event_id: int) -> dict[str, Any] | None:
+        """One query (the order, its tickets and their seat labels), and the event's signing key, read
+        once per process: a buyer fetches their order right after paying, at the sale's rate."""
         pool = await self.runtime.pg()
-        row = await pool.fetchrow("SELECT * FROM orders WHERE id = $1 AND event_id = $2", order_uuid, event_id)
-        if row is None:
+        rows = await pool.fetch(
+            """SELECT o.status, o.total_minor, o.currency, o.created_at, t.id AS ticket_id, t.ticket_type, t.serial,
+                      t.status AS ticket_status, s.label
+               FROM orders o
+               LEFT JOIN tickets t ON t.order_id = o.id
+               LEFT JOIN seats s ON s.event_id = o.event_id AND s.seat_index = t.seat_index
+               WHERE o.id = $1 AND o.event_id = $2
+               ORDER BY t.serial""", order_uuid, event_id)
+        if not rows:
             return None
-        tickets = await pool.fetch("SELECT * FROM tickets WHERE order_id = $1 ORDER BY serial", order_uuid)
-        labels = await pool.fetch(
-            "SELECT seat_index, label FROM seats WHERE event_id = $1 AND seat_index = ANY($2::int[])", event_id,
-            [t["seat_index"] for t in tickets if t["seat_index"] is not None])
-        label_of = {r["seat_index"]: r["label"] for r in labels}
-        key = await pool.fetchval("SELECT signing_private_key FROM events WHERE id = $1", event_id)
+        key = self._keys.get(event_id)
+        if key is None:
+            key = await pool.fetchval("SELECT signing_private_key FROM events WHERE id = $1", event_id)
+            if key is not None:
+                if len(self._keys) > 10_000:
+                    self._keys.clear()
+                self._keys[event_id] = key
+        row = rows[0]
         return {"order_id": order_id, "event_id": event_id, "status": row["status"],
                 "total_minor": row["total_minor"], "currency": row["currency"].strip(),
                 "created_at": row["created_at"].isoformat(),
-                "tickets": [{"ticket_id": str(t["id"]), "seat": label_of.get(t["seat_index"]),
+                "tickets": [{"ticket_id": str(t["ticket_id"]), "seat": t["label"],
                              "type": t["ticket_type"], "serial": t["serial"],
                              "code": ticketcodes.encode(private_key=key, key_id=KEY_ID, event_id=event_id,
                                                         serial=t["serial"]),
-                             "status": t["status"]} for t in tickets]}
+                             "status": t["ticket_status"]} for t in rows if t["ticket_id"] is not None]}
 
     async def _from_redis(self, order_id: str, event_id: int) -> dict[str, Any]:
         rt = self.runtime
@@ -107,15 +131,22 @@ class Orders:
 
     # -- organiser -------------------------------------------------------------------------
     async def list(self, organisation_id: int, event_id: int, *, limit: int, offset: int) -> dict[str, Any]:
-        pool = await self.runtime.pg()
-        await events.get_event(pool, organisation_id=organisation_id, event_id=event_id)
-        rows = await pool.fetch(
-            """SELECT o.*, (SELECT count(*) FROM tickets t WHERE t.order_id = o.id)::int AS tickets
-               FROM orders o WHERE o.event_id = $1 ORDER BY o.created_at DESC, o.id LIMIT $2 OFFSET $3""",
-            event_id, limit, offset)
+        """The event's orders as Postgres has them (written by the ledger, so already a moment behind the
+        sale): from the read replica when one is set and keeps up (docs/scaling.md, "Postgres"); `read_from`
+        says which server answered and how far behind it was."""
+        await events.check_owner_for_reads(self.runtime, organisation_id=organisation_id, event_id=event_id)
+
+        async def read(pool: asyncpg.Pool) -> list[asyncpg.Record]:
+            return await pool.fetch(
+                """SELECT o.*, (SELECT count(*) FROM tickets t WHERE t.order_id = o.id)::int AS tickets
+                   FROM orders o WHERE o.event_id = $1 ORDER BY o.created_at DESC, o.id LIMIT $2 OFFSET $3""",
+                event_id, limit, offset)
+
+        rows, state = await self.runtime.reads.run(read)
         return {"orders": [{"order_id": str(r["id"]), "status": r["status"], "buyer": r["buyer"],
                             "email": r["email"], "total_minor": r["total_minor"], "currency": r["currency"].strip(),
-                            "tickets": r["tickets"], "created_at": r["created_at"].isoformat()} for r in rows]}
+                            "tickets": r["tickets"], "created_at": r["created_at"].isoformat()} for r in rows],
+                "read_from": read_from(state)}
 
     async def refund(self, organisation_id: int, order_id: str, reason: str | None) -> dict[str, Any]:
         rt = self.runtime
@@ -129,7 +160,7 @@ class Orders:
 
         return await refund_order(pool=await rt.pg(), scripts=rt.scripts, provider=self.provider, prefix=rt.prefix,
                                   organisation_id=organisation_id, order_id=order_id, reason=reason,
-                                  notify_refund=notify_refund)
+                                  notify_refund=notify_refund, offer_ttl_ms=rt.settings.waitlist_offer_ttl_s * 1000)
 
     async def dead_letters(self, organisation_id: int, limit: int) -> list[dict[str, Any]]:
         return await notify.list_dead(self.runtime, limit=limit, org_id=organisation_id)

@@ -13,7 +13,6 @@ mode and fits version 5 at error correction M.
 from __future__ import annotations
 
 import base64
-import binascii
 import functools
 import struct
 from collections.abc import Mapping
@@ -30,6 +29,7 @@ PAYLOAD_SIZE = HEADER.size + SIGNATURE_SIZE  # 75
 CODE_LENGTH = PAYLOAD_SIZE * 8 // 5  # 120: 75 bytes are a whole number of base32 blocks
 SIGNING_CONTEXT = b"FGTICKET"
 _ALPHABET = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZ234567")
+_TO_INT_DIGITS = str.maketrans("ABCDEFGHIJKLMNOPQRSTUVWXYZ234567", "0123456789abcdefghijklmnopqrstuv")
 
 
 class InvalidCode(ValueError):
@@ -89,10 +89,9 @@ def _split(code: object) -> tuple[TicketClaims, bytes, bytes]:
         raise InvalidCode("wrong length")
     if not _ALPHABET.issuperset(text):
         raise InvalidCode("character outside the base32 alphabet")
-    try:
-        raw = base64.b32decode(text)
-    except (binascii.Error, ValueError):  # pragma: no cover - the checks above exclude it
-        raise InvalidCode("not base32") from None
+    # RFC 4648 base32 of exactly 600 bits is the big-endian number written in base 32 with the alphabet
+    # A-Z 2-7; int() reads it in C (base64.b32decode is a Python loop: ~20x slower, at every door scan).
+    raw = int(text.translate(_TO_INT_DIGITS), 32).to_bytes(PAYLOAD_SIZE, "big")
     header = raw[:HEADER.size]
     version, key_id, event_id, serial = HEADER.unpack(header)
     if version != VERSION:

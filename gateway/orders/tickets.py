@@ -5,22 +5,34 @@ and codes without talking to each other."""
 from __future__ import annotations
 
 import hashlib
+import time
 import uuid
 from dataclasses import dataclass
 from typing import Any
 
 from gateway.core.errors import DomainError
 from gateway.core.sealing import Sealer, event_context
+from gateway.core.tokens import TokenSigner
 from gateway.orders import ticketcodes
 from gateway.sale.layout import EventLayout
 from gateway.store.keys import event_key
 
 ORDER_NS = uuid.UUID("6f1d3c2e-8a4b-4c2f-9e51-2b7d9a0c4e13")
 KEY_ID = 1
+ORDER_LINK_TTL_S = 600  # the order page link's lifetime (docs/checkout.md, "Orders, refunds")
 
 
 def order_id_for(event_id: int, hold_id: str, buyer: str, idempotency_key: str) -> str:
     return str(uuid.uuid5(ORDER_NS, f"{event_id}|{hold_id}|{buyer}|{idempotency_key}"))
+
+
+def order_page_link(signer: TokenSigner, order_id: str, event_id: int, now: float | None = None) -> dict[str, Any]:
+    """A short-lived link to the order page (`GET /orders/{id}?token=...`). The order token itself never
+    goes into a URL (URLs end up in logs, history and Referer headers); the link's token is of its own
+    kind, is good for this one order only, and expires after ORDER_LINK_TTL_S."""
+    expires = int((now if now is not None else time.time()) + ORDER_LINK_TTL_S)
+    token = signer.sign("l", {"sub": order_id, "ev": event_id, "exp": expires})
+    return {"order_page_url": f"/orders/{order_id}?token={token}", "order_page_expires_at": expires}
 
 
 def ticket_id_hex(order_id: str, serial: int) -> str:

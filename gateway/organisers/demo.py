@@ -12,6 +12,8 @@ from gateway.core.runtime import Runtime
 from gateway.organisers import events
 from gateway.organisers.event_spec import EventSpec
 from gateway.organisers.orgs import create_organisation
+from gateway.core.tokens import TokenSigner
+from gateway.scanning.devices import register
 
 DEMO_EVENT: dict[str, Any] = {
     "name": "Flashgate Live: Demo Night",
@@ -40,7 +42,10 @@ async def create_demo(settings: Settings, *, gateway_url: str | None = None) -> 
             saved = json.loads(path.read_text())
             if await conn.fetchval("SELECT 1 FROM events WHERE id = $1 AND organisation_id = $2",
                                    saved.get("event_id"), saved["organisation_id"]):
-                saved["links"] = _links(base, saved["event_id"])
+                if not saved.get("device_token"):  # a demo made before door scanning existed
+                    saved["device_token"] = await _device_token(conn, settings, saved["event_id"])
+                    path.write_text(json.dumps({k: v for k, v in saved.items() if k != "links"}))
+                saved["links"] = _links(base, saved["event_id"], saved["device_token"])
                 return saved
         org = await create_organisation(conn, name="Demo Organisation")
     finally:
@@ -50,16 +55,26 @@ async def create_demo(settings: Settings, *, gateway_url: str | None = None) -> 
         pool = await runtime.pg()
         event = await events.create_event(pool, organisation_id=org.id, spec=EventSpec.model_validate(DEMO_EVENT))
         await events.EventAdmin(runtime).change_status(org.id, event["id"], "open")
+        token = await _device_token(pool, settings, event["id"])
     finally:
         await runtime.close()
-    result = {"organisation_id": org.id, "api_key": org.api_key, "event_id": event["id"],
-              "links": _links(base, event["id"])}
+    result = {"organisation_id": org.id, "api_key": org.api_key, "event_id": event["id"], "device_token": token,
+              "links": _links(base, event["id"], token)}
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(result))
     path.chmod(0o600)
     return result
 
 
-def _links(base: str, event_id: int) -> list[dict[str, str]]:
+async def _device_token(conn: Any, settings: Settings, event_id: int) -> str:
+    """A scanning device for the demo event's main gate (docs/scanning.md); its token is kept in demo.json."""
+    device = await register(conn, signer=TokenSigner(settings.secret_bytes), event_id=event_id, gate="main",
+                            name="demo scanner")
+    return device["token"]
+
+
+def _links(base: str, event_id: int, device_token: str | None = None) -> list[dict[str, str]]:
     return [{"name": "buyer page", "url": f"{base}/buy/{event_id}"},
-            {"name": "availability", "url": f"{base}/v1/events/{event_id}/availability?seats=0"}]
+            {"name": "availability", "url": f"{base}/v1/events/{event_id}/availability?seats=0"},
+            {"name": "dashboard", "url": f"{base}/dashboard/{event_id}"},
+            *([{"name": "scanner page", "url": f"{base}/scan#token={device_token}"}] if device_token else [])]

@@ -46,6 +46,8 @@ import pybreaker
 import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
+from gateway.core.tasks import stop_task
+
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 
@@ -292,6 +294,25 @@ class SharedStorage(pybreaker.CircuitBreakerStorage):
             self._p_success[1] if self._p_success[0] == "set" else success + self._p_success[1])
 
 
+class _Narrator(pybreaker.CircuitBreakerListener):
+    """Logs every state change this process makes, with the fault that tripped it (on-call engineers
+    read the log to tell a provider outage from the gateway's own trouble)."""
+
+    def __init__(self) -> None:
+        self.last_fault = ""
+
+    def failure(self, cb: pybreaker.CircuitBreaker, exc: BaseException) -> None:
+        self.last_fault = str(exc) or type(exc).__name__
+
+    def state_change(self, cb: pybreaker.CircuitBreaker, old_state: Any, new_state: Any) -> None:
+        old_name = getattr(old_state, "name", old_state)
+        new_name = getattr(new_state, "name", new_state)
+        if new_name == "open":
+            log.warning("breaker %s opened (last fault: %s)", cb.name, self.last_fault)
+        else:
+            log.info("breaker %s: %s -> %s", cb.name, old_name, new_name)
+
+
 class SharedBreaker:
     """A named pybreaker.CircuitBreaker over `SharedStorage`, with an async `call`.
 
@@ -319,7 +340,7 @@ class SharedBreaker:
 
         excluded: list[Any] = [*exclude, cancelled_outside_trial]
         self._cb = pybreaker.CircuitBreaker(fail_max=fail_max, reset_timeout=reset_timeout_s, exclude=excluded,
-                                            state_storage=self.storage, name=name)
+                                            state_storage=self.storage, name=name, listeners=[_Narrator()])
         self._flush_task: asyncio.Task[None] | None = None
 
     def add_exclusions(self, *items: Any) -> None:
@@ -463,11 +484,7 @@ class SharedBreaker:
         """Stop the background flush (shutdown)."""
         task, self._flush_task = self._flush_task, None
         if task is not None and not task.done():
-            task.cancel()
-            try:
-                await task
-            except asyncio.CancelledError:
-                pass
+            await stop_task(task, name="breaker flush")  # a cancel inside redis-py may be swallowed
 
     async def snapshot(self) -> dict[str, Any]:
         """State for dashboards and /readyz: name, state, failures, retry_after when open."""

@@ -78,7 +78,8 @@ class AdaptiveLimiter:
     def __init__(self, name: str, *, initial: int = 16, min_limit: int = 2, max_limit: int = 64,
                  queue_max: int = 512, tolerance: float = 2.0, smoothing: float = 0.2,
                  latency_target_s: float | None = None, throttle_backoff: float = 0.5,
-                 margin_rtts: float = 1.5, baseline_window_s: float = 30.0, short_alpha: float = 0.2) -> None:
+                 margin_rtts: float = 1.5, baseline_window_s: float = 30.0, short_alpha: float = 0.2,
+                 rtt_floor_s: float = 0.0) -> None:
         if not 1 <= min_limit <= max_limit:
             raise ValueError("need 1 <= min_limit <= max_limit")
         if queue_max < 0 or tolerance < 1 or not 0 < smoothing <= 1 or not 0 < throttle_backoff < 1:
@@ -94,6 +95,7 @@ class AdaptiveLimiter:
         self.margin_rtts = margin_rtts
         self.baseline_window_s = baseline_window_s
         self.short_alpha = short_alpha
+        self.rtt_floor_s = rtt_floor_s  # round trips below this are never taken as queueing
         self._limit = float(min(max(initial, min_limit), max_limit))
         self.in_flight = 0
         self._waiters: deque[_Waiter] = deque()
@@ -264,7 +266,10 @@ class AdaptiveLimiter:
             drift = 1.0 - math.exp(-max(0.0, now - self._noload_at) / self.baseline_window_s)
             self.rtt_noload += (short - self.rtt_noload) * drift
         self._noload_at = now
-        gradient = self.tolerance * self.rtt_noload / short
+        # The baseline is at least the floor: a round trip of a few ms that grows to 15 ms on a busy
+        # gateway measures this process's own event loop, not queueing at the provider.
+        base = max(self.rtt_noload, self.rtt_floor_s)
+        gradient = self.tolerance * base / max(short, base)
         if self.latency_target_s:
             gradient = min(gradient, self.latency_target_s / short)
         gradient = max(0.5, min(1.0, gradient))
@@ -286,7 +291,7 @@ class AdaptiveLimiter:
                 # with callers waiting: double the limit (so about once per round trip). An answer at
                 # the full limit that shows queueing ends slow start.
                 full = in_flight_at_send is None or in_flight_at_send >= self.limit
-                if full and rtt_s <= self.rtt_noload * math.sqrt(self.tolerance):
+                if full and rtt_s <= base * math.sqrt(self.tolerance):
                     self._limit = min(float(self.max_limit), 2.0 * limit)
                     self._wake()
                     return

@@ -10,16 +10,19 @@
    failures (timeout, connection error, 5xx) are retried, with exponential backoff and jitter,
    while the budget lasts; a 429 slows the limiter and is retried after its Retry-After, never
    counted as a fault. Declines are answers: never retried, never counted.
-All three operations carry an idempotency key, so a retry cannot charge twice.
+`authorize(capture=True)` is a one-step charge (checkout's default, `FLASHGATE_PAYMENTS_CAPTURE_ON_AUTHORIZE`):
+one round trip per purchase instead of two. All three operations carry an idempotency key, so a retry cannot charge twice. `find` (checkout
+recovery, off the purchase path) reads what an authorize call did and changes nothing.
 """
 
 from __future__ import annotations
 
 import asyncio
+import random
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
 
 import aiohttp
 import orjson
@@ -32,6 +35,8 @@ from gateway.core.errors import DomainError
 from gateway.providers.breaker import BreakerOpen, SharedBreaker
 from gateway.providers.bulkhead import Bulkhead, BulkheadFull
 from gateway.providers.limiter import AdaptiveLimiter, LimiterShed
+
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -88,6 +93,16 @@ def is_throttled(exc: BaseException) -> bool:
     return isinstance(exc, ProviderThrottled) or (isinstance(exc, ProviderFailure) and exc.reason == "http 429")
 
 
+class BudgetTimeout(ProviderFailure):
+    """An attempt that left with less than the fault threshold of budget (the rest went waiting on our
+    side) and timed out: retried like any timeout while budget remains, but not the provider's fault —
+    neither the breaker nor the limiter counts it."""
+
+
+def is_our_timeout(exc: BaseException) -> bool:
+    return isinstance(exc, BudgetTimeout)
+
+
 class _BudgetSpent(Exception):
     """The operation's budget ran out before an attempt could be sent (not a provider fault)."""
 
@@ -109,11 +124,20 @@ class PaymentProvider(Protocol):
     name: str
 
     async def authorize(self, *, idempotency_key: str, amount_minor: int, currency: str,
-                        reference: str) -> PaymentResult: ...
+                        reference: str, capture: bool = False) -> PaymentResult:
+        """Authorize the amount; with `capture`, also capture it in the same call (a one-step charge,
+        as card providers offer): the result's status is then `captured`. A provider that cannot may
+        answer `authorized`, and the caller captures."""
+        ...
 
     async def capture(self, *, idempotency_key: str, payment_id: str, amount_minor: int) -> PaymentResult: ...
 
     async def refund(self, *, idempotency_key: str, payment_id: str, amount_minor: int) -> PaymentResult: ...
+
+    async def find(self, *, idempotency_key: str) -> PaymentResult | None:
+        """The payment the authorize call with this idempotency key created, in its current state
+        (`amount_minor`: the amount captured once captured); None if the provider never created one."""
+        ...
 
 
 class SimulatorProvider:
@@ -155,10 +179,13 @@ class SimulatorProvider:
             await session.close()
 
     async def _post(self, path: str, key: str, body: dict[str, Any]) -> dict[str, Any]:
+        return await self._send("POST", path, data=orjson.dumps(body),
+                                headers={"Idempotency-Key": key, "Content-Type": "application/json"})
+
+    async def _send(self, method: str, path: str, **kwargs: Any) -> dict[str, Any]:
         try:
-            async with self._client().post(self.base_url + path, data=orjson.dumps(body), allow_redirects=False,
-                                           headers={"Idempotency-Key": key,
-                                                    "Content-Type": "application/json"}) as resp:
+            async with self._client().request(method, self.base_url + path, allow_redirects=False,
+                                              **kwargs) as resp:
                 status = resp.status
                 retry_after = resp.headers.get("Retry-After", "1")
                 content = await resp.read()
@@ -185,9 +212,11 @@ class SimulatorProvider:
         return data
 
     async def authorize(self, *, idempotency_key: str, amount_minor: int, currency: str,
-                        reference: str) -> PaymentResult:
-        data = await self._post("/v1/payments/authorize", idempotency_key,
-                                {"amount_minor": amount_minor, "currency": currency, "reference": reference})
+                        reference: str, capture: bool = False) -> PaymentResult:
+        body: dict[str, Any] = {"amount_minor": amount_minor, "currency": currency, "reference": reference}
+        if capture:
+            body["capture"] = True
+        data = await self._post("/v1/payments/authorize", idempotency_key, body)
         if data["status"] == "declined":
             raise PaymentDeclined(data["id"])
         return PaymentResult(data["id"], data["status"], data["amount_minor"], data["currency"])
@@ -202,6 +231,17 @@ class SimulatorProvider:
                                 {"amount_minor": amount_minor})
         return PaymentResult(data["id"], data["status"], data["amount_minor"], data["currency"],
                              refund_id=data["refund_id"])
+
+    async def find(self, *, idempotency_key: str) -> PaymentResult | None:
+        try:
+            data = await self._send("GET", "/v1/payments", params={"idempotency_key": idempotency_key})
+        except PaymentRejected as exc:
+            if exc.code == "not_found":
+                return None
+            raise
+        captured = data["status"] in ("captured", "refunded")
+        return PaymentResult(data["id"], data["status"], data["captured_minor"] if captured else data["amount_minor"],
+                             data["currency"])
 
 
 @dataclass(frozen=True)
@@ -227,19 +267,25 @@ class GuardedProvider:
     5. the slot is released; each answer's RTT (or a 429, or a timeout) has been reported to the limiter.
 
     The breaker counts provider faults only: 5xx, connection errors, timeouts of calls that
-    actually left. Never: waiting or shedding in the limiter or bulkhead, a budget spent before
-    sending, 429 (it slows the limiter instead), declines, refusals, cancellations.
+    actually left with at least `fault_min_budget_s` of budget. Never: waiting or shedding in the
+    limiter or bulkhead, a budget spent before sending, a timeout of a call that left with less
+    (our queueing took the budget), 429 (it slows the limiter instead), declines, refusals,
+    cancellations.
     """
 
     def __init__(self, inner: PaymentProvider, *, breaker: SharedBreaker, bulkhead: Bulkhead,
                  retry: RetryPolicy = RetryPolicy(), timeout_s: float = 2.0,
-                 limiter: AdaptiveLimiter | None = None) -> None:
+                 limiter: AdaptiveLimiter | None = None, fault_min_budget_s: float | None = None) -> None:
         self.inner = inner
         self.name = inner.name
         self.breaker = breaker
         self.bulkhead = bulkhead
         self.retry = retry
         self.timeout_s = timeout_s
+        # A timeout is the provider's fault only if the attempt had at least this long (default: a quarter
+        # of the budget): a call that spent most of its budget waiting on our side and then ran out
+        # says nothing about the provider.
+        self.fault_min_budget_s = timeout_s / 4 if fault_min_budget_s is None else fault_min_budget_s
         if limiter is None:
             cap = bulkhead.max_concurrency
             limiter = AdaptiveLimiter(inner.name, initial=min(16, cap), min_limit=min(2, cap), max_limit=cap,
@@ -247,6 +293,7 @@ class GuardedProvider:
         limiter.cap(bulkhead.max_concurrency)  # the bulkhead stays the hard cap: the limiter paces below it
         self.limiter = limiter
         breaker.add_exclusions(is_throttled)  # a 429 is an answer: it slows the limiter, it is no fault
+        breaker.add_exclusions(is_our_timeout)  # our budget ran out, the provider was barely given a chance
         self.attempts = 0  # attempts sent to the inner provider (tests, metrics)
 
     async def aclose(self) -> None:
@@ -263,10 +310,10 @@ class GuardedProvider:
                 "attempts": self.attempts}
 
     async def authorize(self, *, idempotency_key: str, amount_minor: int, currency: str,
-                        reference: str, deadline: float | None = None) -> PaymentResult:
+                        reference: str, capture: bool = False, deadline: float | None = None) -> PaymentResult:
         return await self._run(lambda: self.inner.authorize(idempotency_key=idempotency_key,
                                                             amount_minor=amount_minor, currency=currency,
-                                                            reference=reference), deadline)
+                                                            reference=reference, capture=capture), deadline)
 
     async def capture(self, *, idempotency_key: str, payment_id: str, amount_minor: int,
                       deadline: float | None = None) -> PaymentResult:
@@ -278,7 +325,11 @@ class GuardedProvider:
         return await self._run(lambda: self.inner.refund(idempotency_key=idempotency_key, payment_id=payment_id,
                                                          amount_minor=amount_minor), deadline)
 
-    async def _run(self, call: Callable[[], Awaitable[PaymentResult]], deadline: float | None) -> PaymentResult:
+    async def find(self, *, idempotency_key: str, deadline: float | None = None) -> PaymentResult | None:
+        """Off the purchase path (checkout recovery), under the same guards as the other calls."""
+        return await self._run(lambda: self.inner.find(idempotency_key=idempotency_key), deadline)
+
+    async def _run(self, call: Callable[[], Awaitable[T]], deadline: float | None) -> T:
         """`deadline` (time.monotonic()) may shorten the operation's budget, never extend it."""
         own = time.monotonic() + self.timeout_s
         deadline = own if deadline is None else min(deadline, own)
@@ -307,40 +358,29 @@ class GuardedProvider:
         """Budget an attempt must still have to be sent: `margin_rtts` round trips, at least 50 ms."""
         return max(0.05, self.limiter.margin_rtts * (self.limiter.rtt_short or 0.0))
 
-    async def _with_retries(self, call: Callable[[], Awaitable[PaymentResult]], deadline: float) -> PaymentResult:
-        attempts = self.retry.attempts
+    async def _with_retries(self, call: Callable[[], Awaitable[T]], deadline: float) -> T:
         limiter = self.limiter
 
-        def stop(state: RetryCallState) -> bool:
-            # Stop after the last attempt, or when the next wait would not leave time for a try.
-            upcoming = state.upcoming_sleep or 0.0
-            return state.attempt_number >= attempts or time.monotonic() + upcoming + self._budget_needed() >= deadline
-
-        backoff = wait_exponential(multiplier=self.retry.initial_s, max=self.retry.max_s) + wait_random(
-            0, self.retry.initial_s)
-
-        def wait(state: RetryCallState) -> float:
-            delay = backoff(state)
-            exc = state.outcome.exception() if state.outcome is not None else None
-            if exc is not None and is_throttled(exc):
-                delay = max(delay, float(exc.retry_after))  # the provider said when
-            return delay
-
-        async def attempt() -> PaymentResult:
+        async def attempt() -> T:
             remaining = deadline - time.monotonic()
             self.attempts += 1
             started = time.monotonic()
             sent_with = limiter.in_flight
+            fair = remaining >= self.fault_min_budget_s
             try:
                 async with asyncio.timeout(remaining):
                     result = await call()
             except TimeoutError:
+                if not fair:
+                    raise BudgetTimeout(1, "timeout") from None
                 limiter.on_timeout(time.monotonic() - started)
                 raise ProviderFailure(1, "timeout") from None
             except ProviderFailure as exc:
                 if is_throttled(exc):
                     limiter.on_throttle(exc.retry_after)
                 elif exc.reason == "timeout":  # the client's own timeout
+                    if not fair:
+                        raise BudgetTimeout(1, "timeout") from None
                     limiter.on_timeout(time.monotonic() - started)
                 raise  # 5xx, connection errors: no latency sample (the breaker judges them)
             except (PaymentDeclined, PaymentRejected):
@@ -349,15 +389,58 @@ class GuardedProvider:
             limiter.observe(time.monotonic() - started, sent_with)
             return result
 
-        result: PaymentResult | None = None
+        # The first attempt goes out directly: nearly every call succeeds at once, and building the retry
+        # machinery for each one cost a measurable share of a purchase's CPU (docs/performance.md).
+        if deadline - time.monotonic() <= 0:
+            raise _BudgetSpent()  # our time, not the provider's: not sent, not counted
+        try:
+            return await self.breaker.call(attempt)
+        except ProviderFailure as exc:
+            first = exc
+        return await self._retry(attempt, first, deadline)
+
+    def _first_wait(self, exc: ProviderFailure) -> float:
+        delay = self.retry.initial_s + random.uniform(0, self.retry.initial_s)
+        if is_throttled(exc):
+            delay = max(delay, float(exc.retry_after))  # the provider said when
+        return delay
+
+    async def _retry(self, attempt: Callable[[], Awaitable[T]], first: ProviderFailure, deadline: float) -> T:
+        """Attempts 2.. after a transient failure of the first, with tenacity: exponential backoff with
+        jitter (a 429 waits at least its Retry-After), stopping after `retry.attempts` in all or when
+        the next wait would not leave `_budget_needed()` for a try."""
+        attempts = self.retry.attempts
+        delay = self._first_wait(first)
+        if attempts <= 1 or time.monotonic() + delay + self._budget_needed() >= deadline:
+            raise first
+        await asyncio.sleep(delay)
+
+        def stop(state: RetryCallState) -> bool:
+            upcoming = state.upcoming_sleep or 0.0  # state.attempt_number counts from the second attempt
+            return (state.attempt_number + 1 >= attempts
+                    or time.monotonic() + upcoming + self._budget_needed() >= deadline)
+
+        backoff = wait_exponential(multiplier=2 * self.retry.initial_s, max=self.retry.max_s) + wait_random(
+            0, self.retry.initial_s)
+
+        def wait(state: RetryCallState) -> float:
+            delay = backoff(state)
+            exc = state.outcome.exception() if state.outcome is not None else None
+            if exc is not None and is_throttled(exc):
+                delay = max(delay, float(exc.retry_after))
+            return delay
+
+        done = False
+        result: T | None = None
         async for trial in AsyncRetrying(stop=stop, reraise=True, wait=wait,
                                          retry=retry_if_exception_type(ProviderFailure)):
             with trial:
                 if deadline - time.monotonic() <= 0:
                     raise _BudgetSpent()  # our time, not the provider's: not sent, not counted
                 result = await self.breaker.call(attempt)
-        assert result is not None
-        return result
+                done = True
+        assert done
+        return result  # type: ignore[return-value]
 
 
 def build_payment_provider(runtime_or_settings: Any, redis: aioredis.Redis | None = None, *,
@@ -387,6 +470,6 @@ def build_payment_provider(runtime_or_settings: Any, redis: aioredis.Redis | Non
         latency_target_s=(ps.limit_latency_target_s if ps.limit_latency_target_s is not None
                           else ps.timeout_s / 3),
         throttle_backoff=ps.limit_throttle_backoff, margin_rtts=ps.queue_margin_rtts,
-        baseline_window_s=ps.limit_baseline_window_s)
+        baseline_window_s=ps.limit_baseline_window_s, rtt_floor_s=ps.limit_rtt_floor_s)
     return GuardedProvider(inner, breaker=breaker, bulkhead=bulkhead, timeout_s=ps.timeout_s, limiter=limiter,
                            retry=RetryPolicy(ps.retry_attempts, ps.retry_initial_s, ps.retry_max_s))

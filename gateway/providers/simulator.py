@@ -18,10 +18,15 @@ Rules, in the order a call meets them:
   true`); with another body 422; while the first call with that key still runs, 409
   `idempotency_key_in_use` (as Stripe does; nothing is stored, retry later);
 - latency: `latency_ms` plus, when `latency_p50_ms` is set, a log-normal draw fitted to
-  `latency_p50_ms` / `latency_p99_ms` (capped at 10 x p99);
+  `latency_p50_ms` / `latency_p99_ms` (capped at 10 x p99), plus `capture_latency_ms` for a capture
+  (a capture call, or an authorize call with `capture: true`, a one-step charge);
 - failure: a `reference` containing `fail`, or a draw under `failure_rate` (or a storm's
   `failure_rate` while the storm lasts) -> 503, not remembered, so a retry with the key may succeed;
 - then the operation; a `reference` containing `decline`, or a draw under `decline_rate`, declines.
+
+`GET /v1/payments?idempotency_key=<key>` finds the payment an authorize call with that key created,
+with its current state (404: none was created; 409 while that call still runs); it takes no key of its
+own and meets the same rules (down, rate limit, latency, failures).
 """
 
 from __future__ import annotations
@@ -39,6 +44,7 @@ import time
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any
+from urllib.parse import parse_qs
 
 import orjson
 
@@ -94,6 +100,7 @@ class SimConfig:
     latency_ms: float = 0.0         # fixed part of every call's latency
     latency_p50_ms: float = 0.0     # > 0: add a log-normal draw with this median ...
     latency_p99_ms: float = 0.0     # ... and this 99th percentile (<= p50: no spread)
+    capture_latency_ms: float = 0.0  # added to the latency of captures only (one-step charges included)
     decline_rate: float = 0.0
     failure_rate: float = 0.0       # share of calls answered 503 after the latency
     down: bool = False              # every API call 503 at once
@@ -169,7 +176,7 @@ def _storm_rate(storm: Any, now_ms: float, mode: str | None) -> float:
 
 # KEYS: cfg, stats, bucket, epoch, idempotency record, payment
 # ARGV: phase (begin|finish), kind, has key (1|0), fingerprint, amount, currency, reference, new id,
-#       u_fail, u_decline, u_storm, z, ttl ms, epoch seen at begin (finish)
+#       u_fail, u_decline, u_storm, z, ttl ms, epoch seen at begin (finish), capture on authorize (1|0)
 # Returns {action, status, body, flag, sleep ms, epoch}: action `answer` (sleep, then send it) or
 # `continue` (sleep, then run the phase `finish`); flag `replayed` or `retry:<ms>`.
 # Records are strings written with one SET ... PX each: a payment is its public JSON; an
@@ -209,6 +216,23 @@ local function storm_rate(mode)
   return 0
 end
 
+-- find: the payment the authorize call with the Idempotency-Key of KEYS[5] (that call's record)
+-- created; KEYS[6] is then the payments' key prefix (the simulator's store is one Redis, never a Cluster).
+local function find_payment()
+  local rec = redis.call('GET', idem_key)
+  if not rec then return 404, err('not_found', 'no payment was created with this Idempotency-Key') end
+  local a = string.find(rec, '\n', 1, true)
+  local b = string.find(rec, '\n', a + 1, true)
+  local c = string.find(rec, '\n', b + 1, true)
+  if string.sub(rec, 1, a - 1) ~= 'done' then
+    return 409, err('idempotency_key_in_use', 'the call with this Idempotency-Key is in progress; retry later')
+  end
+  local id = cjson.decode(string.sub(rec, c + 1)).id
+  local stored = id and redis.call('GET', pay_key .. id)
+  if not stored then return 404, err('not_found', 'no payment was created with this Idempotency-Key') end
+  return 200, stored
+end
+
 local function execute()
   local rate = num(cfg.failure_rate)
   local storming = storm_rate('error')
@@ -222,11 +246,15 @@ local function execute()
   if kind == 'authorize' then
     local declined = string.find(reference, 'decline', 1, true) or tonumber(ARGV[10]) < num(cfg.decline_rate)
     local st = declined and 'declined' or 'authorized'
+    local captured = 0
+    if st == 'authorized' and ARGV[15] == '1' then st, captured = 'captured', amount end  -- a one-step charge
     redis.call('SET', pay_key, cjson.encode({id = new_id, status = st, amount_minor = amount, currency = currency,
-                                             reference = reference, captured_minor = 0, refunded_minor = 0}),
+                                             reference = reference, captured_minor = captured, refunded_minor = 0}),
                'PX', ttl_ms)
     redis.call('HINCRBY', stats_key, st, 1)
     status, body = 201, cjson.encode({id = new_id, status = st, amount_minor = amount, currency = currency})
+  elseif kind == 'find' then
+    status, body = find_payment()
   else
     local stored = redis.call('GET', pay_key)
     if not stored then
@@ -306,6 +334,7 @@ if p50 > 0 then
   local draw = p50 * math.exp((math.log(p99) - math.log(p50)) / 2.3263478740408408 * tonumber(ARGV[12]))
   latency = latency + math.min(draw, 10 * p99)
 end
+if kind == 'capture' or ARGV[15] == '1' then latency = latency + num(cfg.capture_latency_ms) end
 if has_key then
   local rec = redis.call('GET', idem_key)
   if rec then
@@ -356,11 +385,12 @@ class _Call:
     """One API call as the store sees it, with every random draw made up front."""
 
     __slots__ = ("kind", "key", "fingerprint", "amount", "currency", "reference", "payment_id", "new_id",
-                 "u_fail", "u_decline", "u_storm", "z")
+                 "u_fail", "u_decline", "u_storm", "z", "capture")
 
     def __init__(self, kind: str, key: str | None, fingerprint: bytes, amount: int, currency: str, reference: str,
-                 payment_id: str) -> None:
+                 payment_id: str, capture: bool = False) -> None:
         self.kind = kind
+        self.capture = capture  # an authorize call that also captures (a one-step charge)
         self.key = key
         self.fingerprint = fingerprint
         self.amount = amount
@@ -413,9 +443,13 @@ class RedisStore:
 
         p = self.prefix
         idem = f"{p}:idem:{c.kind}:{c.key}" if c.key else f"{p}:idem:-"
-        command = encode_with(self._head, idem, f"{p}:pay:{c.payment_id}", phase, c.kind, "1" if c.key else "0",
+        pay = f"{p}:pay:{c.payment_id}"
+        if c.kind == "find":  # the authorize call's record, and the payments' prefix (see find_payment)
+            idem, pay = f"{p}:idem:authorize:{c.payment_id}", f"{p}:pay:"
+        command = encode_with(self._head, idem, pay, phase, c.kind, "1" if c.key else "0",
                               c.fingerprint, c.amount, c.currency, c.reference, c.new_id, repr(c.u_fail),
-                              repr(c.u_decline), repr(c.u_storm), repr(c.z), self.ttl_ms, epoch)
+                              repr(c.u_decline), repr(c.u_storm), repr(c.z), self.ttl_ms, epoch,
+                              "1" if c.capture else "0")
         action, status, body, flag, sleep, seen = await self._script(command, CALL_LUA)
         return action.decode(), status, body, flag.decode(), float(sleep), seen.decode()
 
@@ -523,6 +557,8 @@ class MemoryStore:
         if p50 > 0:
             p99 = max(p50, num(cfg.get("latency_p99_ms")))
             latency += min(p50 * math.exp((math.log(p99) - math.log(p50)) / Z99 * c.z), 10 * p99)
+        if c.kind == "capture" or c.capture:
+            latency += num(cfg.get("capture_latency_ms"))
         if c.key:
             rec = self.answers.get((c.kind, c.key))
             if rec is not None:
@@ -557,13 +593,23 @@ class MemoryStore:
     def _operate(self, c: _Call, cfg: dict[str, Any]) -> tuple[int, bytes]:
         if c.kind == "authorize":
             declined = "decline" in c.reference or c.u_decline < float(cfg.get("decline_rate") or 0)
-            status = "declined" if declined else "authorized"
+            status = "declined" if declined else "captured" if c.capture else "authorized"
             self.payments[c.new_id] = {"id": c.new_id, "status": status, "amount_minor": c.amount,
-                                       "currency": c.currency, "reference": c.reference, "captured_minor": 0,
+                                       "currency": c.currency, "reference": c.reference,
+                                       "captured_minor": c.amount if status == "captured" else 0,
                                        "refunded_minor": 0}
             self._count(status)
             return 201, orjson.dumps({"id": c.new_id, "status": status, "amount_minor": c.amount,
                                       "currency": c.currency})
+        if c.kind == "find":  # c.payment_id: the Idempotency-Key of the authorize call looked for
+            rec = self.answers.get(("authorize", c.payment_id))
+            if rec is not None and rec["state"] != "done":
+                return 409, _err("idempotency_key_in_use", "the call with this Idempotency-Key is in progress; "
+                                 "retry later")
+            found = self.payments.get(orjson.loads(rec["body"]).get("id", "")) if rec is not None else None
+            if found is None:
+                return 404, _err("not_found", "no payment was created with this Idempotency-Key")
+            return 200, orjson.dumps(found)
         p = self.payments.get(c.payment_id)
         if p is None:
             return 404, _err("not_found", "no such payment")
@@ -650,9 +696,9 @@ def create_app(config: SimConfig | None = None, *, redis_url: str | None = None,
     async def api(scope: Any, receive: Any, send: Any, kind: str, payment_id: str) -> None:
         raw = await read_body(receive)
         key: str | None = None
-        amount, currency, reference = 0, "", ""
+        amount, currency, reference, capture = 0, "", "", False
         body: Any = {}
-        if kind != "get":
+        if kind not in ("get", "find"):
             try:
                 body = orjson.loads(raw) if raw else {}
             except orjson.JSONDecodeError:
@@ -673,12 +719,15 @@ def create_app(config: SimConfig | None = None, *, redis_url: str | None = None,
                     reference = str(body.get("reference", ""))
                     if amount <= 0 or len(currency) != 3:
                         raise ValueError("amount_minor must be positive and currency three letters")
+                    capture = body.get("capture", False)
+                    if not isinstance(capture, bool):
+                        raise ValueError("capture must be true or false")
                 else:
                     amount = int(body.get("amount_minor") or 0)
             except (KeyError, TypeError, ValueError) as exc:
                 return await respond(send, 400, _err("bad_request", f"invalid request: {exc}"))
         fingerprint = orjson.dumps([scope["path"], body], option=orjson.OPT_SORT_KEYS) if key else b""
-        call = _Call(kind, key, fingerprint, amount, currency, reference, payment_id)
+        call = _Call(kind, key, fingerprint, amount, currency, reference, payment_id, capture)
         try:
             action, status, answer, flag, sleep_ms, epoch = await store.run("begin", call, "")
             if sleep_ms > 0:
@@ -726,6 +775,15 @@ def create_app(config: SimConfig | None = None, *, redis_url: str | None = None,
                 await lifespan(receive, send)
             return
         path, method = scope["path"], scope["method"]
+        if path == _PAYMENTS[:-1]:
+            if method != "GET":
+                return await respond(send, 405, _err("method_not_allowed", "method not allowed"))
+            query = parse_qs(scope.get("query_string", b"").decode("latin-1"))
+            lookup = (query.get("idempotency_key") or [""])[0]
+            if not lookup or len(lookup) > MAX_KEY_LENGTH:
+                return await respond(send, 400, _err("bad_request", "send idempotency_key=<the Idempotency-Key "
+                                                     f"of an authorize call> (1 to {MAX_KEY_LENGTH} characters)"))
+            return await api(scope, receive, send, "find", lookup)
         if path.startswith(_PAYMENTS):
             rest = path[len(_PAYMENTS):]
             if rest == "authorize":

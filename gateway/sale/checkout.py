@@ -27,22 +27,36 @@ from gateway.core.sealing import Sealer
 from gateway.core.tokens import TokenSigner
 from gateway.orders.confirmations import Confirmations
 from gateway.orders.tickets import EventInfo
-from gateway.providers.payments import PaymentDeclined, PaymentProvider, ProviderUnavailable
+from gateway.providers.payments import PaymentDeclined, PaymentProvider, PaymentRejected, ProviderUnavailable
 from gateway.sale.layout import EventLayout
 from gateway.sale.snapshots import EventView, SnapshotManager
 from gateway.store.scripts import Scripts
 from gateway.sale import inventory
 from gateway.sale.holds import event_of_hold
-from gateway.orders.tickets import event_info, order_id_for, order_total, public_ticket, ticket_rows
+from gateway.orders.tickets import event_info, order_id_for, order_page_link, order_total, public_ticket, ticket_rows
 from gateway.store.keys import checkout_lock, checkout_records, event_key, event_keys, ledger_dirty_set, qkey
 
 log = logging.getLogger("flashgate.checkout")
 
-LOCK_MS = 30_000
-LATENCY_ALPHA = 0.2
-WAKE_EVERY_S = 0.1  # how often a busy sale marks its event for the ledger worker  # weight of one checkout in the latency EWMA the admission leader reads
-WAIT_FOR_OTHER_S = 10.0
+# The attempt lock only spares a concurrent retry the same work (every provider call carries a key derived
+# from the order id, and confirm is idempotent), so it lasts about one attempt's budget: authorize and capture
+# (PAYMENTS_TIMEOUT_S each) and the confirm retries. A lock left by an attempt interrupted by a Redis stall
+# then holds a retry back for seconds, not half a minute.
+LOCK_MS = 8_000
+LATENCY_ALPHA = 0.2  # weight of one checkout in the latency EWMA the admission leader reads
+WAKE_EVERY_S = 0.1  # how often a busy sale marks its event for the ledger worker
+WAIT_FOR_OTHER_S = 3.0  # a retry waits this long for a running attempt, then answers 503 busy (never hangs)
 FINAL_CODES = {"payment_declined", "hold_expired", "hold_not_found", "forbidden", "invalid_state"}
+FREE_PROVIDER = "free"  # the payment record of an order whose total is 0: no provider is called
+# A `started` record is judged by recovery only once its attempt is surely over: older than the attempt's
+# lock (its whole budget) and this margin, whatever `min_age_s` a caller passes.
+STALE_MARGIN_S = 2.0
+STARTED_STALE_S = LOCK_MS / 1000 + STALE_MARGIN_S
+
+
+def free_payment_id(order_id: str) -> str:
+    """The payment reference of a free order (unique per order, never sent to a provider)."""
+    return f"free-{order_id}"
 
 
 def fingerprint(hold_id: str, body: dict[str, Any]) -> str:
@@ -78,6 +92,8 @@ async def let_go(lock: Lock) -> None:
 async def refund_orphan(*, redis: Redis, provider: PaymentProvider, prefix: str, event_id: int, order_id: str,
                         hold_id: str, payment_id: str, amount: int, currency: str, reason: str) -> None:
     """Refund a payment whose hold can no longer be confirmed, and record the refund in the ledger."""
+    if payment_id == free_payment_id(order_id):
+        return  # a free order took no money: nothing to give back, nothing to record
     refund = await provider.refund(idempotency_key=f"{order_id}:refund", payment_id=payment_id,
                                    amount_minor=amount)
     entry = {"order_id": order_id, "hold_id": hold_id, "payment_id": payment_id, "refund_id": refund.refund_id,
@@ -93,9 +109,10 @@ class Checkout:
     """Per-process checkout service (holds the provider and small caches)."""
 
     def __init__(self, *, redis: Redis, scripts: Scripts, snapshots: SnapshotManager, provider: PaymentProvider,
-                 signer: TokenSigner, sealer: Sealer, prefix: str, confirmations: Confirmations | None = None
-                 ) -> None:
+                 signer: TokenSigner, sealer: Sealer, prefix: str, confirmations: Confirmations | None = None,
+                 capture_on_authorize: bool = True) -> None:
         self.redis = redis
+        self.capture_on_authorize = capture_on_authorize
         self.scripts = scripts
         self.snapshots = snapshots
         self.provider = provider
@@ -144,7 +161,7 @@ class Checkout:
                 break
             if time.monotonic() > deadline:  # the first attempt is still running
                 raise DomainError("busy", "This checkout is still being processed; retry with the same key.",
-                                  headers={"Retry-After": "1"})
+                                  headers={"Retry-After": "2"})
             await asyncio.sleep(0.05)
         if reply.status == "idempotency_conflict":
             raise DomainError("idempotency_conflict", "This Idempotency-Key was used with another request.",
@@ -175,14 +192,25 @@ class Checkout:
         layout = view.layout
         amount = order_total(layout, hold.get("seats") or [], hold.get("ga") or {})
         method = str(body.get("payment_method") or "card")
+        provider_name = self.provider.name
         try:
-            auth = await self.provider.authorize(idempotency_key=f"{order_id}:authorize", amount_minor=amount,
-                                                 currency=layout.currency, reference=f"{order_id}:{method}")
-            payment = await self.provider.capture(idempotency_key=f"{order_id}:capture", payment_id=auth.payment_id,
-                                                  amount_minor=amount)
-        except (PaymentDeclined, ProviderUnavailable) as exc:
+            if amount == 0:
+                # Free tickets need no payment: no provider call (providers refuse an amount of 0), and the
+                # order records a capture of 0 by the `free` provider, so every order has its payment.
+                payment_id, provider_name = free_payment_id(order_id), FREE_PROVIDER
+            else:
+                auth = await self.provider.authorize(idempotency_key=f"{order_id}:authorize", amount_minor=amount,
+                                                     currency=layout.currency, reference=f"{order_id}:{method}",
+                                                     capture=self.capture_on_authorize)
+                payment_id = auth.payment_id
+                if auth.status != "captured":  # two steps (configured, or a provider that only authorized)
+                    payment_id = (await self.provider.capture(idempotency_key=f"{order_id}:capture",
+                                                              payment_id=auth.payment_id,
+                                                              amount_minor=amount)).payment_id
+        except (PaymentDeclined, PaymentRejected, ProviderUnavailable) as exc:
             err = exc.to_domain()
-            final = isinstance(exc, PaymentDeclined)  # a declined card is the key's answer; an outage is not
+            # A declined card, or a request the provider refuses as such, is the key's answer; an outage is not.
+            final = isinstance(exc, (PaymentDeclined, PaymentRejected))
             await self.scripts.call("checkout_abort", keys, [
                 hold_id, buyer, key, field, token,
                 orjson.dumps({"code": err.code, "message": err.message, "details": err.details}) if final else ""])
@@ -190,9 +218,9 @@ class Checkout:
         # Money is taken: the confirm script records it on the key's record first, so a checkout that dies
         # before `confirm` is finished by a retry with the same key or refunded by recovery — never forgotten.
         paid = orjson.dumps({"fp": fp, "state": "paid", "order_id": order_id, "hold_id": hold_id,
-                             "payment_id": payment.payment_id, "amount_minor": amount, "currency": layout.currency,
+                             "payment_id": payment_id, "amount_minor": amount, "currency": layout.currency,
                              "since": time.time()})
-        order = orjson.dumps({"payment_id": payment.payment_id, "provider": self.provider.name,
+        order = orjson.dumps({"payment_id": payment_id, "provider": provider_name,
                               "amount_minor": amount, "currency": layout.currency, "email": body.get("email"),
                               "idempotency_key": key, "organisation_id": info.organisation_id})
         args = [hold_id, buyer, order_id, order, field, paid, token, round((time.monotonic() - started) * 1000, 1),
@@ -204,7 +232,7 @@ class Checkout:
                 await self._let_go(keys, hold_id, buyer, field, token)
                 raise
             await refund_orphan(redis=self.redis, provider=self.provider, prefix=self.prefix, event_id=event_id,
-                                order_id=order_id, hold_id=hold_id, payment_id=payment.payment_id, amount=amount,
+                                order_id=order_id, hold_id=hold_id, payment_id=payment_id, amount=amount,
                                 currency=layout.currency, reason=err.code)
             refused = DomainError("hold_expired" if err.code in ("hold_expired", "hold_not_found") else err.code,
                                   "Your hold ended before the payment completed; the payment was refunded.",
@@ -267,12 +295,14 @@ class Checkout:
         return {"order_id": order_id, "event_id": event_id, "status": "paid",
                 "order_token": self.signer.sign("o", {"sub": order_id, "ev": event_id}),
                 "total_minor": order_total(layout, seats, ga), "currency": layout.currency,
-                "tickets": [public_ticket(r) for r in rows]}
+                "tickets": [public_ticket(r) for r in rows], **order_page_link(self.signer, order_id, event_id)}
 
 
 class CheckoutRecovery:
     """Finishes what crashed checkouts left behind (run by the expiry worker): a payment taken for a
-    hold that can no longer be confirmed is refunded, once, and the attempt's record says so."""
+    hold that can no longer be confirmed is refunded, once, and the attempt's record says so. An attempt
+    that died before its paid record (`started`) is looked up at the provider (`find`), which alone knows
+    whether the money was taken."""
 
     def __init__(self, *, redis: Redis, provider: PaymentProvider, prefix: str) -> None:
         self.redis = redis
@@ -281,12 +311,15 @@ class CheckoutRecovery:
 
     async def recover(self, event_id: int, *, min_age_s: float = 60.0) -> int:
         """Refund payments whose checkout died after the payment and before `confirm`, once the hold
-        is gone (it can then never be confirmed). Returns how many were refunded."""
+        is gone (it can then never be confirmed); settle `started` records of attempts that died during
+        the payment (see `_settle_started`). Returns how many payments were refunded."""
         records = checkout_records(self.prefix, event_id)
         refunded = 0
         async for field, raw in self.redis.hscan_iter(records, count=500):
             rec = orjson.loads(raw)
-            if rec.get("state") != "paid" or time.time() - rec.get("since", 0) < min_age_s:
+            state, age = rec.get("state"), time.time() - rec.get("since", 0)
+            if not (state == "paid" and age >= min_age_s
+                    or state == "started" and age >= max(min_age_s, STARTED_STALE_S)):
                 continue
             name = field.decode() if isinstance(field, bytes) else field
             lock = attempt_lock(self.redis, self.prefix, event_id, name)
@@ -295,6 +328,9 @@ class CheckoutRecovery:
             try:
                 if await self.redis.hget(event_key(self.prefix, event_id, "orders"), rec["order_id"]):
                     continue  # confirmed after all: a retry with the key answers the order
+                if state == "started":
+                    refunded += await self._settle_started(event_id, records, field, rec)
+                    continue
                 if await self.redis.hexists(event_key(self.prefix, event_id, "hdata"), rec["hold_id"]):
                     continue  # the hold still lives: the buyer may still retry and get the tickets
                 await refund_orphan(redis=self.redis, provider=self.provider, prefix=self.prefix,
@@ -310,3 +346,41 @@ class CheckoutRecovery:
             finally:
                 await let_go(lock)
         return refunded
+
+    async def _settle_started(self, event_id: int, records: str, field: bytes | str, rec: dict[str, Any]) -> int:
+        """A `started` record whose attempt is over (the caller holds its lock): once its hold can no longer
+        be paid with this key (gone, or paying with another key), ask the provider what the attempt did.
+        Captured: refund it (`refund_orphan`, with its ledger entry). Authorized only: nothing is taken; the
+        authorization is left to lapse at the provider (capturing it to refund it would charge the buyer
+        for nothing). Nothing there: nothing was taken. The key then answers its refusal. Returns 1 if
+        refunded."""
+        hold_id, order_id = rec.get("hold_id"), rec["order_id"]
+        if not hold_id:
+            return 0  # written before records named their hold: left for a retry with the key
+        raw_hold = await self.redis.hget(event_key(self.prefix, event_id, "hdata"), hold_id)
+        if raw_hold is not None:
+            hold = orjson.loads(raw_hold)
+            name = field.decode() if isinstance(field, bytes) else field
+            if hold.get("st") != "paying" or name == f"{hold.get('b')}|{hold.get('k')}":
+                return 0  # held again, or still paying with this key: a retry with the key may finish it
+        try:
+            found = await self.provider.find(idempotency_key=f"{order_id}:authorize")
+            taken = found is not None and found.status in ("captured", "refunded")
+            if taken:
+                await refund_orphan(redis=self.redis, provider=self.provider, prefix=self.prefix, event_id=event_id,
+                                    order_id=order_id, hold_id=hold_id, payment_id=found.payment_id,
+                                    amount=found.amount_minor, currency=found.currency, reason="checkout_interrupted")
+        except (ProviderUnavailable, PaymentRejected) as exc:
+            log.warning("interrupted checkout not settled yet", extra={"order_id": order_id, "error": repr(exc)})
+            return 0  # the next pass asks again
+        code = "invalid_state" if raw_hold is not None else "hold_expired"
+        message = ("Your checkout was interrupted and can no longer complete; "
+                   + ("the payment was refunded." if taken else "no payment was taken."))
+        details: dict[str, Any] = {"hold_id": hold_id, "refunded": taken, "reason": "checkout_interrupted"}
+        if found is not None:
+            rec["payment_id"] = details["payment_id"] = found.payment_id
+        rec.update(state="failed", error={"code": code, "message": message, "details": details})
+        await self.redis.hset(records, field, orjson.dumps(rec))
+        log.info("interrupted checkout settled", extra={"order_id": order_id, "hold_id": hold_id,
+                                                        "payment": found.status if found else None})
+        return 1 if taken else 0

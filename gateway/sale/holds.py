@@ -9,17 +9,25 @@ and retry with the losers excluded when the snapshot was behind.
 
 from __future__ import annotations
 
+import asyncio
 import os
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+from redis.exceptions import RedisError, ResponseError
 
 from gateway.core.errors import DomainError
 from gateway.sale import inventory
 from gateway.sale.snapshots import EventView, SnapshotManager
 from gateway.store.scripts import Scripts
 
+if TYPE_CHECKING:
+    from gateway.api.sybil import AddressKeys
+
 BEST_ROUNDS = 3
 BEST_CANDIDATES = 4
+UNANSWERED_MAX = 10_000  # buyers with holds whose answer never came, kept per worker to give back
+UNANSWERED_PER_BUYER = 20
 KINDS = ("seats", "ga", "best")
 
 
@@ -42,20 +50,33 @@ def iso_ms(ms: int) -> str:
 def event_of_hold(hold_id: str) -> int:
     """Hold ids are `<event id>-<random>`: the event of a hold needs no lookup."""
     event_raw, _, _ = hold_id.partition("-")
-    if not event_raw.isdigit() or len(event_raw) > 18:
+    if not (event_raw.isascii() and event_raw.isdigit()) or len(event_raw) > 18:
         raise DomainError("hold_not_found", "No such hold.", details={"hold_id": hold_id})
     return int(event_raw)
 
 
 class Holds:
-    def __init__(self, *, scripts: Scripts, snapshots: SnapshotManager, prefix: str, max_seats: int) -> None:
+    def __init__(self, *, scripts: Scripts, snapshots: SnapshotManager, prefix: str, max_seats: int,
+                 address_keys: AddressKeys | None = None, per_address_factor: float = 0.0) -> None:
         self.scripts = scripts
         self.snapshots = snapshots
         self.prefix = prefix
         self.max_seats = max_seats
+        self.address_keys = address_keys
+        self.per_address_factor = per_address_factor
+        self.unanswered: dict[str, list[tuple[int, str]]] = {}  # buyer -> (event, hold id) answered 503
 
-    async def create(self, event_id: int, buyer: str, body: Any) -> dict[str, Any]:
-        """Hold what `body` asks for: exactly one of `seats`, `ga` or `best`. Returns the hold view."""
+    def _address(self, address: str | None) -> list[Any]:
+        """The hold scripts' trailing arguments that count a hold against its client address's cap
+        (tickets held at once per address per event), or none: no address, cap off, or exempt."""
+        if address is None or self.address_keys is None or self.per_address_factor <= 0:
+            return []
+        key = self.address_keys.address_key(address)
+        return [] if key is None else ["@" + key, self.per_address_factor]
+
+    async def create(self, event_id: int, buyer: str, body: Any, address: str | None = None) -> dict[str, Any]:
+        """Hold what `body` asks for: exactly one of `seats`, `ga` or `best`, for a client at `address`.
+        Returns the hold view."""
         if not isinstance(body, dict):
             raise invalid("The body must be a JSON object with one of `seats`, `ga` or `best`.")
         kinds = [k for k in KINDS if k in body]
@@ -66,13 +87,50 @@ class Holds:
             raise DomainError("not_on_sale", "This event is not on sale right now.", details={"status": view.status})
         hold_id = f"{event_id}-{os.urandom(10).hex()}"
         kind = kinds[0]
-        if kind == "seats":
-            data = await self._seats(view, hold_id, buyer, body["seats"])
-        elif kind == "ga":
-            data = await self._ga(view, hold_id, buyer, body["ga"])
-        else:
-            data = await self._best(view, hold_id, buyer, body["best"])
+        where = self._address(address)
+        if buyer in self.unanswered and self.snapshots.redis_ok:
+            await self.give_back(buyer)
+        try:
+            if kind == "seats":
+                data = await self._seats(view, hold_id, buyer, body["seats"], where)
+            elif kind == "ga":
+                data = await self._ga(view, hold_id, buyer, body["ga"], where)
+            else:
+                data = await self._best(view, hold_id, buyer, body["best"], where)
+        except ResponseError:
+            raise
+        except RedisError:  # no answer (timeout, connection lost): Redis may still make this hold
+            if len(self.unanswered) < UNANSWERED_MAX or buyer in self.unanswered:
+                mine = self.unanswered.setdefault(buyer, [])
+                if len(mine) < UNANSWERED_PER_BUYER:
+                    mine.append((event_id, hold_id))
+            raise
         return hold_view(view, data)
+
+    async def give_back(self, buyer: str) -> None:
+        """Release the buyer's holds this worker answered `503` for (Redis stalled or went away with
+        the call sent): Redis may have made them when it resumed, and the buyer never learnt their
+        ids, so they would keep tickets and the buyer's per-buyer count until they expire. Called
+        on the buyer's next hold once Redis answers again, and for every buyer after the next snapshot
+        refresh that reaches Redis (give_back_all)."""
+        pending = self.unanswered.pop(buyer, [])
+        results = await asyncio.gather(*(inventory.release(scripts=self.scripts, prefix=self.prefix, event_id=e,
+                                                           hold_id=h, buyer=buyer) for e, h in pending),
+                                       return_exceptions=True)
+        left = []
+        for entry, result in zip(pending, results):
+            if isinstance(result, RedisError):
+                left.append(entry)  # away again: the buyer's next hold tries
+            elif isinstance(result, BaseException) and not isinstance(result, DomainError):
+                raise result  # (a DomainError: never made, expired or being paid: nothing to give back)
+        if left:
+            self.unanswered[buyer] = left + self.unanswered.get(buyer, [])
+
+    async def give_back_all(self) -> None:
+        """Give back every buyer's unanswered holds (after each snapshot refresh that reached Redis): the
+        buyer may come back through another worker, which knows nothing of them."""
+        for buyer in list(self.unanswered):
+            await self.give_back(buyer)
 
     async def release(self, hold_id: str, buyer: str) -> dict[str, Any]:
         event_id = event_of_hold(hold_id)
@@ -81,7 +139,8 @@ class Holds:
         return {"hold_id": hold_id, "released": True, "version": data["version"]}
 
     # -- kinds ------------------------------------------------------------------------------
-    async def _seats(self, view: EventView, hold_id: str, buyer: str, seats: Any) -> dict[str, Any]:
+    async def _seats(self, view: EventView, hold_id: str, buyer: str, seats: Any,
+                     where: list[Any]) -> dict[str, Any]:
         if not isinstance(seats, list) or not seats or not all(isinstance(s, str) for s in seats):
             raise invalid("`seats` must be a non-empty list of seat labels such as \"A-1-12\".")
         if len(seats) > self.max_seats:
@@ -100,12 +159,12 @@ class Holds:
                               details={"seats": taken})
         try:
             return await inventory.hold_seats(scripts=self.scripts, prefix=self.prefix, event_id=view.event_id,
-                                              hold_id=hold_id, buyer=buyer, seats=indices)
+                                              hold_id=hold_id, buyer=buyer, seats=indices, address=where)
         except DomainError as err:
             _labels(view, err)
             raise
 
-    async def _ga(self, view: EventView, hold_id: str, buyer: str, ga: Any) -> dict[str, Any]:
+    async def _ga(self, view: EventView, hold_id: str, buyer: str, ga: Any, where: list[Any]) -> dict[str, Any]:
         if not isinstance(ga, dict) or len(ga) != 1:
             raise invalid("`ga` must be an object with one ticket type and a quantity, e.g. {\"floor\": 2}.")
         (code, qty), = ga.items()
@@ -116,13 +175,14 @@ class Holds:
         if qty > self.max_seats:
             raise invalid(f"At most {self.max_seats} tickets per hold.", max=self.max_seats)
         return await inventory.hold_ga(scripts=self.scripts, prefix=self.prefix, event_id=view.event_id,
-                                       hold_id=hold_id, buyer=buyer, ticket_type=code, quantity=qty)
+                                       hold_id=hold_id, buyer=buyer, ticket_type=code, quantity=qty,
+                                       address=where)
 
-    async def _best(self, view: EventView, hold_id: str, buyer: str, best: Any) -> dict[str, Any]:
+    async def _best(self, view: EventView, hold_id: str, buyer: str, best: Any, where: list[Any]) -> dict[str, Any]:
         if not isinstance(best, dict) or set(best) - {"section", "count"}:
             raise invalid("`best` must be {\"section\": <name>, \"count\": <n>}.")
         section, count = best.get("section"), best.get("count")
-        if section not in view.layout.section_index:
+        if not isinstance(section, str) or section not in view.layout.section_index:
             raise invalid("Unknown section for this event.", section=section)
         if not isinstance(count, int) or isinstance(count, bool) or not 1 <= count <= self.max_seats:
             raise invalid(f"`count` must be a whole number from 1 to {self.max_seats}.", count=count)
@@ -140,7 +200,7 @@ class Holds:
                 break
             reply = await inventory.hold_candidates(scripts=self.scripts, prefix=self.prefix,
                                                     event_id=view.event_id, hold_id=hold_id, buyer=buyer,
-                                                    groups=groups)
+                                                    groups=groups, address=where)
             if reply.ok:
                 return reply.data
             if reply.status != "seat_unavailable":

@@ -7,18 +7,21 @@ Postgres.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 import orjson
 
 from gateway.core.errors import DomainError
-from gateway.store.keys import event_keys
+from gateway.store.keys import event_keys, waitlist_keys
 from gateway.store.scripts import Reply, Scripts
 
 MESSAGES = {
     "seat_unavailable": "Some of the requested seats are no longer available.",
     "sold_out": "Not enough tickets of this type are left.",
     "limit_exceeded": "This would take you over the event's limit of tickets per buyer.",
+    "address_limit_exceeded": "Too many tickets of this event are held from your network address at once; "
+                              "buy or release a hold, or wait for one to expire.",
     "not_on_sale": "This event is not on sale right now.",
     "event_not_found": "No such event on sale.",
     "hold_not_found": "No such hold (it may have been released, expired or bought).",
@@ -38,8 +41,9 @@ def raise_for(reply: Reply) -> dict[str, Any]:
     message = MESSAGES.get(code, code.replace("_", " ").capitalize() + ".")
     if code == "bad_request" and reply.data.get("reason"):
         message = f"Invalid request: {reply.data['reason']}."
+    retry = reply.data.get("retry_after_s") if code == "address_limit_exceeded" else None
     raise DomainError("validation_error" if code == "bad_request" else code, message, details=reply.data,
-                      status=status)
+                      status=status, headers={"Retry-After": str(retry)} if retry else None)
 
 
 async def prepare_event(*, scripts: Scripts, prefix: str, event_id: int, status: str, n_seats: int,
@@ -52,24 +56,25 @@ async def prepare_event(*, scripts: Scripts, prefix: str, event_id: int, status:
 
 
 async def hold_seats(*, scripts: Scripts, prefix: str, event_id: int, hold_id: str, buyer: str,
-                     seats: list[int]) -> dict[str, Any]:
-    """Hold exactly these seats (all or nothing)."""
-    reply = await scripts.call("hold", event_keys(prefix, event_id), [hold_id, buyer, len(seats), *seats])
+                     seats: list[int], address: Sequence[Any] = ()) -> dict[str, Any]:
+    """Hold exactly these seats (all or nothing). `address`: `["@<address key>", factor]` to count the
+    hold against its address's cap (address_args), or empty."""
+    reply = await scripts.call("hold", event_keys(prefix, event_id), [hold_id, buyer, len(seats), *seats, *address])
     return raise_for(reply)
 
 
 async def hold_candidates(*, scripts: Scripts, prefix: str, event_id: int, hold_id: str, buyer: str,
-                          groups: list[list[int]]) -> Reply:
+                          groups: list[list[int]], address: Sequence[Any] = ()) -> Reply:
     """Hold the first group whose seats are all free; the raw reply tells which seats lost."""
     size = len(groups[0])
     flat = [idx for group in groups for idx in group]
-    return await scripts.call("hold", event_keys(prefix, event_id), [hold_id, buyer, size, *flat])
+    return await scripts.call("hold", event_keys(prefix, event_id), [hold_id, buyer, size, *flat, *address])
 
 
 async def hold_ga(*, scripts: Scripts, prefix: str, event_id: int, hold_id: str, buyer: str, ticket_type: str,
-                  quantity: int) -> dict[str, Any]:
+                  quantity: int, address: Sequence[Any] = ()) -> dict[str, Any]:
     reply = await scripts.call("hold_ga", event_keys(prefix, event_id),
-                                       [hold_id, buyer, ticket_type, quantity])
+                                       [hold_id, buyer, ticket_type, quantity, *address])
     return raise_for(reply)
 
 
@@ -97,8 +102,11 @@ async def confirm(*, scripts: Scripts, prefix: str, event_id: int, hold_id: str,
 
 
 async def void(*, scripts: Scripts, prefix: str, event_id: int, order_id: str,
-               refund: dict[str, Any]) -> dict[str, Any]:
-    return raise_for(await scripts.call("void", event_keys(prefix, event_id), [order_id, orjson.dumps(refund)]))
+               refund: dict[str, Any], offer_ttl_ms: int = 600_000) -> dict[str, Any]:
+    """Return a refunded order's tickets; after the final sell-out they go to the waiting list as
+    offers (`offered` in the answer), in the same call."""
+    return raise_for(await scripts.call("void", waitlist_keys(prefix, event_id),
+                                        [order_id, orjson.dumps(refund), offer_ttl_ms]))
 
 
 async def expire(*, scripts: Scripts, prefix: str, event_id: int, max_holds: int = 200) -> dict[str, Any]:

@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -21,6 +22,7 @@ from redis.asyncio import Redis
 
 import hotpath
 from gateway.core.errors import DomainError
+from gateway.core.metrics import IN_PROCESS_AVAILABILITY, SNAPSHOT_AGE
 from gateway.core.singleflight import SingleFlight
 from gateway.sale import inventory
 from gateway.sale.layout import EventLayout
@@ -91,6 +93,8 @@ class SnapshotManager:
         self._task: asyncio.Task | None = None
         self._stopping = asyncio.Event()
         self.redis_ok = True
+        # Run after every refresh that reached Redis (the holds' give-back of answers lost to an outage).
+        self.after_refresh: Callable[[], Awaitable[None]] | None = None
 
     # -- access ---------------------------------------------------------------
     def peek(self, event_id: int) -> EventView | None:
@@ -106,7 +110,11 @@ class SnapshotManager:
         """The availability body (JSON) of an event from this worker's snapshot: marked stale when
         Redis has not refreshed it for a while, refused (503) past `stale_after_s`; with `since`
         equal to the current version, only "unchanged"."""
-        view = await self.get(event_id)
+        view = self.views.get(event_id)
+        if view is None:
+            view = await self._load_once(event_id)
+        else:
+            IN_PROCESS_AVAILABILITY.inc()  # answered from this worker's snapshot, no Redis call
         age = view.age()
         if age > self.stale_after_s:
             raise DomainError("unavailable", "Availability is temporarily unavailable; try again in a moment.",
@@ -224,12 +232,15 @@ class SnapshotManager:
                     await self.warm()
                 await self.refresh_all()
                 self.redis_ok = True
+                if self.after_refresh is not None:
+                    await self.after_refresh()
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
                 if self.redis_ok:
                     log.warning("snapshot refresh failed; serving the last snapshot", extra={"error": repr(exc)})
                 self.redis_ok = False
+            SNAPSHOT_AGE.set(self.max_age() or 0.0)  # also while Redis is away: the age keeps growing
             try:
                 await asyncio.wait_for(self._stopping.wait(), self.refresh_s)
             except asyncio.TimeoutError:

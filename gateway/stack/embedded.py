@@ -29,6 +29,8 @@ INSTALL_HINTS = {
     "or `brew install postgresql@16` (macOS)",
     "postgres": "install it with `sudo apt-get install postgresql` (Debian/Ubuntu) "
     "or `brew install postgresql@16` (macOS)",
+    "pg_basebackup": "install it with `sudo apt-get install postgresql` (Debian/Ubuntu) "
+    "or `brew install postgresql@16` (macOS)",
 }
 
 # Debian and Ubuntu keep the Postgres server binaries off PATH.
@@ -73,6 +75,30 @@ def free_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]
+
+
+def wait_ready(url: str, deadline: float, *, proc: subprocess.Popen | None = None, log: Path | None = None,
+               interval: float = 0.1) -> None:
+    """Until `<url>/readyz` answers 200 (a gateway this process started, or any given one). Raises
+    RuntimeError, with the tail of `log`, when `proc` exits first or `deadline` (monotonic) passes."""
+    import urllib.error
+    import urllib.request
+
+    def tail() -> str:
+        return log.read_text(errors="replace")[-2000:] if log is not None and log.exists() else ""
+
+    while True:
+        if proc is not None and proc.poll() is not None:
+            raise RuntimeError(f"{url}: the gateway exited ({proc.returncode}) before it was ready\n{tail()}")
+        try:
+            with urllib.request.urlopen(url + "/readyz", timeout=2) as resp:
+                if resp.status == 200:
+                    return
+        except (urllib.error.URLError, OSError):
+            pass
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"{url}/readyz did not answer 200 in time\n{tail()}")
+        time.sleep(interval)
 
 
 def port_open(port: int, host: str = "127.0.0.1") -> bool:
@@ -130,6 +156,29 @@ def _wait_port(proc: subprocess.Popen, port: int, what: str, log: Path | None, t
     raise ServerFailed(f"{what} did not listen on port {port} within {timeout:.0f} s (log: {log})")
 
 
+def _wait_loaded(proc: subprocess.Popen, port: int, log: Path | None, timeout: float = 300.0) -> None:
+    """A persistent Redis listens before it has loaded its append-only file, answering `LOADING` until
+    then: whatever starts next (the payment simulator, the gateway) must find it ready."""
+    import redis
+
+    client = redis.Redis(port=port, socket_timeout=5)
+    deadline = time.monotonic() + timeout
+    try:
+        while True:
+            try:
+                client.ping()
+                return
+            except redis.BusyLoadingError:
+                if proc.poll() is not None or time.monotonic() > deadline:
+                    tail = log.read_text(errors="replace")[-2000:] if log and log.exists() else ""
+                    raise ServerFailed(f"redis-server did not finish loading its data within {timeout:.0f} s:\n{tail}")
+                time.sleep(0.1)
+            except redis.RedisError:
+                return  # it answers, but wants a password or TLS first: nothing more to learn without them
+    finally:
+        client.close()
+
+
 @dataclass
 class RedisServer:
     """A private redis-server. `persistent` keeps an append-only file in `data_dir`."""
@@ -154,6 +203,7 @@ class RedisServer:
                 "--appendonly", "yes" if self.persistent else "no", *self.extra_args]
         self.proc = spawn(args, log=log)
         _wait_port(self.proc, self.port, "redis-server", log)
+        _wait_loaded(self.proc, self.port, log)
         return self
 
     def stop(self) -> None:

@@ -23,6 +23,7 @@
     buyer: 'flashgate.buyer',
     queue: `flashgate.event.${EVENT_ID}.queue`,
     admission: `flashgate.event.${EVENT_ID}.admission`,
+    proof: `flashgate.event.${EVENT_ID}.proof`,
     hold: `flashgate.event.${EVENT_ID}.hold`,
     order: `flashgate.event.${EVENT_ID}.order`,
     email: 'flashgate.email',
@@ -45,6 +46,7 @@
     const headers = { Accept: 'application/json', ...(opts.headers || {}) };
     if (opts.token) headers.Authorization = 'Bearer ' + opts.token;
     if (opts.admission) headers['X-Admission-Token'] = opts.admission;
+    if (opts.proof) headers['X-Proof-Of-Work'] = opts.proof;
     const init = { method, headers, cache: 'no-store' };
     if (opts.body !== undefined) {
       headers['Content-Type'] = 'application/json';
@@ -155,7 +157,16 @@
     let buyer = store.get(KEYS.buyer);
     const fresh = buyer && buyer.buyer_token && (!buyer.expires_at || buyer.expires_at * 1000 > Date.now() + 60000);
     if (force || !fresh) {
-      buyer = await api('POST', '/v1/buyer-token');
+      for (let attempt = 0; ; attempt++) {
+        try {
+          buyer = await api('POST', '/v1/buyer-token');
+          break;
+        } catch (e) {  // 429: many buyers share this network (Sybil limits); wait as told, a few times
+          if (e.status !== 429 || attempt >= 5) throw e;
+          $('who').textContent = `busy network, retrying in ${e.retryAfter || 2} s…`;
+          await new Promise((resolve) => setTimeout(resolve, (e.retryAfter || 2) * 1000));
+        }
+      }
       store.set(KEYS.buyer, buyer);
     }
     state.buyer = buyer;
@@ -212,7 +223,7 @@
         await pollQueue();
         return;
       }
-      const body = await api('POST', `/v1/events/${EVENT_ID}/queue`, { token: state.buyer.buyer_token });
+      const body = await joinQueue();
       store.set(KEYS.queue, { token: body.queue_token });
       handleQueue(body);
     } catch (e) {
@@ -220,11 +231,61 @@
     }
   }
 
+  // A waiting room may ask for a proof of work first (428 proof_of_work_required, docs/waiting-room.md
+  // "Sybil protections"): find a nonce whose SHA-256 with the challenge starts with enough zero bits,
+  // with WebCrypto, and join again. The proof is kept, so a reload rejoins without solving again.
+  async function joinQueue() {
+    const saved = store.get(KEYS.proof);
+    const proof = saved && saved.buyer === state.buyer.buyer_id && saved.expires_at * 1000 > Date.now()
+      ? saved.proof : null;
+    try {
+      return await api('POST', `/v1/events/${EVENT_ID}/queue`, { token: state.buyer.buyer_token, proof });
+    } catch (e) {
+      if (e.code !== 'proof_of_work_required') throw e;
+      const d = e.details;
+      $('queue-note').textContent = 'Checking that you are a person, not a script: this takes a few seconds…';
+      performance.mark('flashgate-pow-start');
+      const solved = await solveProof(d.challenge, d.difficulty_bits);
+      performance.measure('flashgate-proof-of-work', 'flashgate-pow-start');  // bench/bench_pow.py reads it
+      store.set(KEYS.proof, { buyer: state.buyer.buyer_id, proof: solved, expires_at: d.expires_at });
+      $('queue-note').textContent = 'Keep this page open: you will move on by yourself when it is your turn.';
+      return api('POST', `/v1/events/${EVENT_ID}/queue`, { token: state.buyer.buyer_token, proof: solved });
+    }
+  }
+
+  function zeroBits(bytes) {
+    let n = 0;
+    for (const b of bytes) {
+      if (b !== 0) return n + Math.clz32(b) - 24;
+      n += 8;
+    }
+    return n;
+  }
+
+  async function solveProof(challenge, bits) {
+    if (!(window.crypto && crypto.subtle)) {
+      throw new ApiError(0, { error: { code: 'insecure_page', message: 'This waiting room needs the page over '
+        + 'https (a secure connection) to join.' } });
+    }
+    const encoder = new TextEncoder();
+    const BATCH = 256;  // digests in flight at once: WebCrypto answers each through a promise
+    for (let base = 0; ; base += BATCH) {
+      const proofs = [];
+      for (let i = 0; i < BATCH; i++) proofs.push(`${challenge}:${base + i}`);
+      const digests = await Promise.all(proofs.map((p) => crypto.subtle.digest('SHA-256', encoder.encode(p))));
+      for (let i = 0; i < BATCH; i++) {
+        if (zeroBits(new Uint8Array(digests[i])) >= bits) return proofs[i];
+      }
+    }
+  }
+
   async function pollQueue() {
     const saved = store.get(KEYS.queue);
     if (!saved) { enterQueue(); return; }
     try {
-      handleQueue(await api('GET', `/v1/events/${EVENT_ID}/queue`, { token: saved.token }));
+      // `seen`: the position shown last; whichever gateway worker answers never shows more.
+      const seen = state.lastPosition == null ? '' : `?seen=${state.lastPosition}`;
+      handleQueue(await api('GET', `/v1/events/${EVENT_ID}/queue${seen}`, { token: saved.token }));
     } catch (e) {
       queueError(e, false);
     }
@@ -278,6 +339,7 @@
         enterChoose();
         return;
       case 'waiting': {
+        state.lastPosition = q.position;
         $('queue-title').textContent = 'You are in the waiting room';
         $('queue-position').textContent = q.position.toLocaleString();
         $('queue-eta').textContent = q.paused ? 'paused' : formatEta(q.eta_s);
@@ -736,8 +798,6 @@
   async function enterTickets(saved) {
     show('tickets');
     clearNotice();
-    const url = `/orders/${encodeURIComponent(saved.order_id)}?token=${encodeURIComponent(saved.order_token)}`;
-    $('order-link').href = url;
     let order = saved;
     try {
       order = await api('GET', `/v1/orders/${encodeURIComponent(saved.order_id)}`, { token: saved.order_token });
@@ -755,6 +815,9 @@
     $('ticket-list').replaceChildren(...order.tickets.map((t) => el('li', { class: 'ticket', 'data-code': t.code },
       el('span', { class: 'what', text: t.seat ? `Seat ${t.seat}` : (state.event.ga.find((g) => g.code === t.type) || {}).name || t.type }),
       el('code', { text: t.code }))));
+    // The order page opens with a short-lived link of its own (the order token never goes into a URL).
+    const url = order.order_page_url || 'about:blank';
+    $('order-link').href = url;
     const frame = $('order-frame');
     frame.onload = () => {
       try {

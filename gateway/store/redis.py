@@ -9,6 +9,10 @@
   same budget;
 - `scripts`: the one Lua script runner (scripts.py), on the wire connection.
 
+A `redis+cluster://` URL names a Redis Cluster (cluster.py): `client` is then redis-py's
+cluster client (callers queue for a connection there too) and `wire` a `ClusterWire`,
+one pipelined connection per master, each script call routed by its keys' slot.
+
 Every Redis failure surfaces as a `redis.exceptions.RedisError` (timeouts
 included), which both HTTP fronts answer with `503 unavailable` and
 `Retry-After`: a stalled Redis never hangs a request.
@@ -21,12 +25,17 @@ from typing import Any
 import redis.asyncio as aioredis
 
 from gateway.core.config import Settings
+from gateway.store.cluster import ClusterWire, cluster_client, is_cluster_url
 from gateway.store.scripts import Scripts
 from gateway.store.wire import WireConnection
 
 
 def redis_client(url: str, *, timeout_s: float = 2.0, max_connections: int = 64, **kwargs: Any) -> aioredis.Redis:
-    """A redis-py client whose every command (connection wait included) is bounded by `timeout_s`."""
+    """A redis-py client whose every command (connection wait included) is bounded by `timeout_s`
+    (a cluster client for a `redis+cluster://` URL)."""
+    if is_cluster_url(url):
+        return cluster_client(url, timeout_s=timeout_s, max_connections=max_connections,  # type: ignore[return-value]
+                              **kwargs)
     pool = aioredis.BlockingConnectionPool.from_url(
         url, max_connections=max_connections, timeout=timeout_s, socket_connect_timeout=min(1.0, timeout_s),
         socket_timeout=kwargs.pop("socket_timeout", timeout_s), health_check_interval=0, **kwargs)
@@ -34,7 +43,7 @@ def redis_client(url: str, *, timeout_s: float = 2.0, max_connections: int = 64,
 
 
 class RedisStore:
-    def __init__(self, settings: Settings, client: aioredis.Redis, wire: WireConnection | None) -> None:
+    def __init__(self, settings: Settings, client: aioredis.Redis, wire: WireConnection | ClusterWire | None) -> None:
         self.prefix = settings.redis_prefix
         self.client = client
         self.wire = wire
@@ -46,7 +55,11 @@ class RedisStore:
         if not url:
             raise ValueError("REDIS_URL must be set (flashgate up sets it)")
         budget = settings.redis_timeout_s
-        wire = WireConnection(url, timeout_s=budget)  # refuses URL schemes it cannot speak, in one sentence
+        wire: WireConnection | ClusterWire
+        if is_cluster_url(url):
+            wire = ClusterWire(url, timeout_s=budget)
+        else:
+            wire = WireConnection(url, timeout_s=budget)  # refuses URL schemes it cannot speak, in one sentence
         return cls(settings, redis_client(url, timeout_s=budget, max_connections=settings.redis_max_connections),
                    wire)
 

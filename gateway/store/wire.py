@@ -5,8 +5,8 @@ Every command queued in one event-loop tick goes out in one write; several
 batches may be in flight on the one connection (Redis answers in order). This
 costs a few microseconds per command where a general-purpose client pipeline
 costs tens, which is what the edge needs to keep up with Redis. Used for
-script calls on a single Redis; a Redis Cluster goes through redis-py, which
-routes by slot.
+script calls on a single Redis; on a Redis Cluster, `ClusterWire` (cluster.py)
+keeps one of these per master and routes each call by its keys' slot.
 
 It never waits without bound:
 
@@ -42,6 +42,11 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 
 SUPPORTED_SCHEMES = ("redis", "rediss", "unix")
 _CERT_REQS = {"none": ssl.CERT_NONE, "optional": ssl.CERT_OPTIONAL, "required": ssl.CERT_REQUIRED}
+
+
+class NotSentError(RedisConnectionError):
+    """The command never left: the connection to Redis could not be made. Safe to send again
+    elsewhere (the Cluster wire does, after reading a new slot map)."""
 
 
 def encode(*parts: Any) -> bytes:
@@ -143,7 +148,8 @@ class WireConnection:
             shown = f"{scheme}://" if scheme else "(none)"
             raise ValueError(
                 f"Redis URL scheme {shown} is not supported by the wire connection: use redis://, "
-                "rediss:// (TLS) or unix:// (a socket path) to one Redis server.")
+                "rediss:// (TLS) or unix:// (a socket path) to one Redis server, or "
+                "redis+cluster://host:port[,host:port...] for a Redis Cluster.")
         query = {name: values[0] for name, values in parse_qs(parsed.query).items() if values}
         self.timeout_s = float(timeout_s)
         self.max_buffer_bytes = int(max_buffer_bytes)
@@ -291,12 +297,14 @@ class WireConnection:
                         raise RedisConnectionError(f"the connection to Redis at {self.where} was lost "
                                                    "right after it was made")
         except asyncio.CancelledError:
-            self._fail_batch(batch, RedisConnectionError(f"the connection to Redis at {self.where} was closed "
-                                                         "while connecting"))
+            self._fail_batch(batch, NotSentError(f"the connection to Redis at {self.where} was closed "
+                                                 "while connecting"))
             raise
         except Exception as exc:
-            if not isinstance(exc, (RedisConnectionError, RedisTimeoutError)):
-                exc = RedisConnectionError(f"cannot connect to Redis at {self.where}: {exc!r}")
+            if isinstance(exc, RedisConnectionError):
+                exc = NotSentError(str(exc))
+            elif not isinstance(exc, RedisTimeoutError):
+                exc = NotSentError(f"cannot connect to Redis at {self.where}: {exc!r}")
             self._fail_batch(batch, exc)
             return
         if deadline <= conn.loop.time():

@@ -12,6 +12,8 @@ from gateway.core.errors import DomainError
 from gateway.core.runtime import Runtime
 from gateway.organisers import events
 from gateway.store.keys import event_key, freeze_keys, qkey
+from gateway.waiting_room import waitlist
+from gateway.waiting_room.cache import eta_rate
 from gateway.waiting_room.cache import QueueCache
 from gateway.waiting_room.shuffle import commitment, new_seed
 
@@ -22,7 +24,7 @@ def advance_args(settings: Settings, leader: str) -> list[Any]:
     s = settings
     return [leader, s.queue_lease_ms, s.queue_stall_s, s.queue_tickets_per_buyer, s.queue_decision_s,
             s.queue_expiring_window_s, s.queue_max_active_holds, s.queue_max_checkout_ms, MAX_SCAN,
-            s.queue_admission_ttl_s, s.queue_poll_after_s, s.queue_tickets_prior_n]
+            s.queue_admission_ttl_s, s.queue_poll_after_s, s.queue_tickets_prior_n, s.queue_checkout_target_ms]
 
 
 def _n(raw: Any, default: float = 0.0) -> float:
@@ -63,14 +65,15 @@ async def queue_stats(runtime: Runtime, event_id: int) -> dict[str, Any]:
     pipe.hgetall(qkey(prefix, event_id, "state"))
     pipe.hmget(event_key(prefix, event_id, "meta"), "status", "queue_mode", "admission_rate")
     pipe.get(qkey(prefix, event_id, "lease"))
-    state, meta, leader = await pipe.execute()
+    waitlist.queue_waitlist_reads(pipe, prefix, event_id)
+    state, meta, leader, *wl = await pipe.execute()
     g = {k.decode(): v.decode() for k, v in state.items()}
     rate = _n(meta[2])
     seq, upto = int(_n(g.get("seq"))), int(_n(g.get("upto")))
     factor = _n(g.get("factor"), 1.0)
     measured = _n(g.get("mrate"))
     length = max(0, seq - upto)
-    basis = measured if measured > 0.05 else rate * factor
+    basis = eta_rate(measured, _n(g.get("frate"), -1.0), rate * factor)
     opened = "opened" in g
     pre: dict[str, Any] = {"size": int(_n(g.get("pre"))) if opened else seq if g.get("prequeue") else 0,
                            "commitment": g.get("commitment")}
@@ -85,7 +88,8 @@ async def queue_stats(runtime: Runtime, event_id: int) -> dict[str, Any]:
         "admitted_up_to": upto,
         "admitted": int(_n(g.get("admitted"))),
         "lost_stalled": int(_n(g.get("skipped"))),
-        "rate": {"configured_per_s": rate, "effective_per_s": rate * factor,
+        "rate": {"configured_per_s": rate,
+                 "effective_per_s": min(rate * factor, _n(g.get("ccap"), math.inf)),
                  "measured_per_s": round(_n(g.get("arate")), 3), "places_per_s": round(measured, 3)},
         "eta_last_s": math.ceil(length / basis) if length and basis > 0 and not g.get("paused") else
         (0 if not length else None),
@@ -94,7 +98,10 @@ async def queue_stats(runtime: Runtime, event_id: int) -> dict[str, Any]:
         "backpressure": {"factor": factor, "active_holds": int(_n(g.get("holds"))),
                          "max_active_holds": runtime.settings.queue_max_active_holds,
                          "checkout_ms": _n(g.get("checkout_ms")),
-                         "max_checkout_ms": runtime.settings.queue_max_checkout_ms},
+                         "max_checkout_ms": runtime.settings.queue_max_checkout_ms,
+                         "checkout_target_ms": runtime.settings.queue_checkout_target_ms,
+                         "sales_per_s": round(_n(g.get("srate")), 3),
+                         "checkout_cap_per_s": round(_n(g.get("ccap")), 3) if g.get("ccap") else None},
         "inventory": {"free": int(_n(g.get("free"))), "held": int(_n(g.get("held"))),
                       "expiring": round(_n(g.get("expiring")), 1)},
         "demand": {"tickets_per_buyer": round(_n(g.get("tpb"), runtime.settings.queue_tickets_per_buyer), 3),
@@ -105,6 +112,7 @@ async def queue_stats(runtime: Runtime, event_id: int) -> dict[str, Any]:
                    "holds_returned": round(_n(g.get("ret"), 1.0), 3),
                    "budget": int(_n(g.get("budget")))},
         "prequeue": pre,
+        "waitlist": waitlist.figures(*wl),
         "leader": leader.decode() if leader else None,
         "updated_ms": int(_n(g.get("last"))) or None,
         "now_ms": int(time.time() * 1000),

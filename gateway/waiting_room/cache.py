@@ -16,6 +16,7 @@ import asyncio
 import logging
 import math
 import time
+from array import array
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -24,15 +25,17 @@ from redis.asyncio import Redis
 from gateway.core.config import Settings
 from gateway.core.errors import DomainError
 from gateway.core.singleflight import SingleFlight
+from gateway.core.tasks import stop_task
 from gateway.store.keys import event_key, qkey
-from gateway.waiting_room.shuffle import shuffle_place
+from gateway.waiting_room.shuffle import prequeue_table
 
 log = logging.getLogger("flashgate.waiting_room")
 
 VIEW_IDLE_S = 60.0        # a cached event nobody polled for this long is dropped
 MODE_TTL_S = 1.0          # queue-mode cache entries are refreshed this often
-PLACES_MEMO = 200_000     # shuffled pre-queue places remembered per event
+ORDER_INLINE_MAX = 20_000  # pre-queues up to this size get their order computed without a thread
 SEEN_CHUNK = 512          # places per BITFIELD command when flushing liveness
+STOP_GRACE_S = 5.0        # stop() lets the refresher finish its round this long before cancelling it
 
 
 def _s(value: Any) -> str:
@@ -51,6 +54,7 @@ class QueueView:
     """One event's queue state in this worker (read-only copy, at most `queue_cache_s` old)."""
 
     event_id: int
+    caught_up_at: float = 0.0  # monotonic time of the last catch-up read a poll asked for (room.py)
     mode: bool = False
     status: str = ""
     prequeue: bool = False
@@ -62,12 +66,19 @@ class QueueView:
     seq: int = 0
     upto: int = 0
     sold_out: bool = False
+    free: int = 0   # tickets free, and held (in holds or paying), at the leader's last tick
+    held: int = 0
     paused: str = ""
     rate: float = 0.0
     mrate: float = 0.0
+    frate: float = 0.0
     factor: float = 1.0
     fate: bytearray = field(default_factory=bytearray)  # u32 per place, place 0 unused
-    places: dict[int, int] = field(default_factory=dict)  # pre-queue arrival -> place (memo)
+    places: array | None = None  # places[n] = the place of pre-queue arrival n, once the sale opened
+    order: list[int] = field(default_factory=list)  # the pre-queue's arrivals in place order
+    opened_at: int | None = None  # Unix seconds the sale opened (the pre-queue closed)
+    upto_history: list[tuple[int, int]] = field(default_factory=list)  # (second, admitted-up-to at its start)
+    order_of: tuple[str, int] = ("", 0)  # (seed, size) the table was built for
     used_at: float = 0.0
 
     def apply(self, state: dict[bytes, bytes], meta: list[Any], fate_from: int, fate_tail: bytes) -> None:
@@ -76,16 +87,20 @@ class QueueView:
         self.rate = _f(meta[2])
         get = state.get
         self.prequeue = get(b"prequeue") == b"1"
-        self.opened = bool(get(b"opened"))
         self.pre = int(_f(get(b"pre")))
         self.seed = _s(get(b"seed"))
+        # Open for buyers once this copy has the pre-queue's order (QueueCache.refresh builds it).
+        self.opened = bool(get(b"opened")) and self.order_ready()
+        self.opened_at = int(_f(get(b"opened"))) or None
         self.commitment = _s(get(b"commitment"))
         self.epoch = int(_f(get(b"epoch")))
         self.seq = int(_f(get(b"seq")))
         upto = int(_f(get(b"upto")))
         self.sold_out = get(b"sold_out") == b"1"
+        self.free, self.held = int(_f(get(b"free"))), int(_f(get(b"held")))
         self.paused = _s(get(b"paused"))
         self.mrate = _f(get(b"mrate"))
+        self.frate = _f(get(b"frate"), -1.0)
         self.factor = _f(get(b"factor"), 1.0)
         if not self.fate:
             self.fate = bytearray(4)
@@ -97,19 +112,37 @@ class QueueView:
         if fate_from <= have < fate_from + len(fate_tail):
             self.fate += fate_tail[have - fate_from:]
         self.upto = max(self.upto, min(upto, len(self.fate) // 4 - 1))
+        history = _s(get(b"uh"))
+        if history:
+            pairs = [part.split(":") for part in history.split(",")]
+            self.upto_history = [(int(sec), int(value)) for sec, value in pairs]
+
+    def shown_upto(self, now: float) -> int:
+        """The admitted-up-to place positions are counted from: its value at the start of the previous
+        second (the leader records one per second), which every worker refreshing on time knows. So two
+        workers answering at the same moment show the same position, and it never rises between polls,
+        whichever worker answers. Without a record that old, the oldest record (never more than any later
+        answer shows); without any record (the leader has not run yet), this worker's own copy."""
+        history = self.upto_history
+        if not history:
+            return self.upto
+        limit = int(now) - 1
+        shown = history[0][1]
+        for sec, value in history:
+            if sec <= limit:
+                shown = value
+        return min(shown, self.upto)
+
+    def order_ready(self) -> bool:
+        return self.pre == 0 or (self.places is not None and self.order_of == (self.seed, self.pre))
 
     def place(self, n: int) -> int:
-        """The place of arrival `n`: its shuffled place in the pre-queue, else `n`; 0 before opening."""
+        """The place of arrival `n`: its place in the pre-queue's order, else `n`; 0 before opening."""
         if not self.opened:
             return 0
         if n > self.pre:
             return n
-        place = self.places.get(n)
-        if place is None:
-            if len(self.places) > PLACES_MEMO:
-                self.places.clear()
-            place = self.places[n] = shuffle_place(self.seed, self.pre, n)
-        return place
+        return self.places[n]  # type: ignore[index]
 
     def fate_of(self, place: int) -> int:
         o = 4 * place
@@ -119,9 +152,22 @@ class QueueView:
     def eta(self, position: int) -> int | None:
         if self.paused or not self.opened:
             return None
-        rate = self.mrate if self.mrate > 0.05 else self.rate * self.factor
+        rate = eta_rate(self.mrate, self.frate, self.rate * self.factor)
         return math.ceil(position / rate) if rate > 0 else None
 
+
+
+def eta_rate(measured: float, forecast: float, configured: float) -> float:
+    """Places per second a waiting buyer's ETA is counted at: the faster of the measured rate (5 s
+    EWMA of places passed while buyers waited; it includes skipped places) and the leader's forecast
+    (where admission is heading: the configured rate under backpressure, or checkout's pace while
+    admission follows it). The measured rate alone lags a queue that has just opened or resumed and
+    made ETAs several times too long; the forecast alone misses places skipped for stalled buyers.
+    Forecast 0: the tickets left cannot serve a second of it, so only the measured rate counts.
+    Forecast unknown (< 0, a leader before this field): the configured rate stands in for it."""
+    if forecast < 0:
+        return measured if measured > 0.05 else configured
+    return max(measured, forecast)
 
 
 class QueueCache:
@@ -134,6 +180,7 @@ class QueueCache:
         self.seen: dict[int, dict[int, int]] = {}
         self.modes: dict[int, tuple[bool | None, float]] = {}
         self._task: asyncio.Task | None = None
+        self._stopping = asyncio.Event()
 
     # -- views ------------------------------------------------------------------------
     async def view(self, event_id: int) -> QueueView:
@@ -163,6 +210,20 @@ class QueueCache:
         for i, v in enumerate(views):
             v.apply(results[3 * i], results[3 * i + 1], offsets[i], results[3 * i + 2])
             self.modes[v.event_id] = (v.mode, time.monotonic() + MODE_TTL_S)
+            state = results[3 * i]
+            if state.get(b"opened") and not v.order_ready() and v.seed:
+                await self._build_order(v)
+
+    async def _build_order(self, view: QueueView) -> None:
+        """The pre-queue's order, computed once per worker when the sale opens (shuffle.py): inline for
+        a small pre-queue, in a thread for a large one (about a second per million arrivals)."""
+        seed, size = view.seed, view.pre
+        if size <= ORDER_INLINE_MAX:
+            order, places = prequeue_table(seed, size)
+        else:
+            order, places = await asyncio.to_thread(prequeue_table, seed, size)
+        if (view.seed, view.pre) == (seed, size):
+            view.order, view.places, view.order_of, view.opened = order, places, (seed, size), True
 
     async def refresh_all(self) -> None:
         now = time.monotonic()
@@ -238,8 +299,12 @@ class QueueCache:
         s = self.settings
         next_flush = time.monotonic() + s.queue_seen_flush_s
         failing = False
-        while True:
-            await asyncio.sleep(s.queue_cache_s)
+        while not self._stopping.is_set():
+            try:
+                await asyncio.wait_for(self._stopping.wait(), s.queue_cache_s)
+                return
+            except asyncio.TimeoutError:
+                pass
             try:
                 await self.refresh_all()
                 if time.monotonic() >= next_flush:
@@ -256,16 +321,17 @@ class QueueCache:
 
     def start(self) -> None:
         if self._task is None:
+            self._stopping.clear()
             self._task = asyncio.get_running_loop().create_task(self.run())
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            try:
-                await self._task
-            except asyncio.CancelledError:
-                pass
-            self._task = None
+        """Let the loop finish its round, then cancel it if it does not within a few seconds. A
+        cancellation that lands inside a Redis pipeline can be swallowed by the client, so the cancel
+        is repeated, each time with a bounded wait, until the task has ended."""
+        task, self._task = self._task, None
+        if task is not None:
+            self._stopping.set()
+            await stop_task(task, grace_s=STOP_GRACE_S, name="waiting room refresher")
         try:
             await self.flush_seen()
         except Exception:

@@ -15,9 +15,11 @@ import os
 import socket
 
 from gateway.core.runtime import Runtime
-from gateway.store.keys import advance_keys, on_sale_set, qkey
+from gateway.orders import notify
+from gateway.store.keys import advance_keys, event_key, on_sale_set, qkey
 from gateway.store.scripts import parse_reply
 from gateway.waiting_room.admin import advance_args
+from gateway.waiting_room import waitlist
 from gateway.workers.loop import every
 
 log = logging.getLogger("flashgate.admission")
@@ -53,7 +55,30 @@ async def tick(runtime: Runtime, me: str, led: set[int]) -> dict[int, dict]:
         elif event_id in led:
             led.discard(event_id)
             log.info("lost admission lead", extra={"event_id": event_id, "leader": reply.data.get("leader")})
+    sold_out = [event_id for event_id, data in ours.items() if data.get("sold_out")]
+    if sold_out:
+        await waitlist_round(runtime, sold_out)
     return ours
+
+
+async def waitlist_round(runtime: Runtime, event_ids: list[int]) -> None:
+    """The waiting lists of the finally sold-out events we lead: lapsed offers pass on, returned tickets
+    are offered (gateway/waiting_room/waitlist.py), and buyers who left an e-mail hear of their offer."""
+    results = await asyncio.gather(*(waitlist.step(runtime.scripts, runtime.settings, event_id)
+                                     for event_id in event_ids), return_exceptions=True)
+    for event_id, result in zip(event_ids, results):
+        if isinstance(result, BaseException):
+            log.warning("waiting list step failed", extra={"event_id": event_id, "error": repr(result)})
+            continue
+        for offer in result.get("mail", []):
+            try:
+                name = (await runtime.redis.hget(event_key(runtime.settings.redis_prefix, event_id, "info"), "name")
+                        or b"the event").decode()
+                await notify.enqueue(runtime, kind="email", payload=waitlist.offer_email(
+                    to=offer["to"], event_id=event_id, event_name=name, count=offer["count"],
+                    deadline_ms=offer["deadline_ms"]))
+            except Exception as exc:  # the offer stands; the buyer also sees it by polling
+                log.warning("waiting list offer e-mail not queued", extra={"event_id": event_id, "error": repr(exc)})
 
 
 async def resign(runtime: Runtime, me: str, led: set[int]) -> None:

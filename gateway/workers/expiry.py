@@ -1,4 +1,5 @@
-"""Hold expiry: gives expired holds back to sale, for every open or paused event.
+"""Hold expiry: gives expired holds back to sale, for every open or paused event; also runs the
+scheduled sale openings and closings (gateway/organisers/schedule.py) once a second.
 
 Runs `expire` (bounded batches) for each active event every 200 ms, so expired
 inventory is back on sale within a second of expiry even when no buyer touches
@@ -12,6 +13,7 @@ import logging
 import time
 
 from gateway.core.runtime import Runtime
+from gateway.organisers import schedule
 from gateway.sale import inventory
 from gateway.sale.checkout import CheckoutRecovery
 from gateway.store.keys import on_sale_set
@@ -37,6 +39,7 @@ async def sweep_once(runtime: Runtime) -> int:
 
 
 RECOVER_EVERY_S = 5.0
+SCHEDULE_EVERY_S = 1.0  # scheduled sale openings and closings happen within about this long of their time
 
 
 async def recover_once(runtime: Runtime, checkout: CheckoutRecovery) -> int:
@@ -56,10 +59,11 @@ async def run(runtime: Runtime, stop: asyncio.Event) -> None:
 
 
 async def _loop(runtime: Runtime, stop: asyncio.Event, recovery: CheckoutRecovery) -> None:
-    last_recover = 0.0
+    last_recover = last_schedule = 0.0
+    schedule_failing = False
 
     async def step() -> None:
-        nonlocal last_recover
+        nonlocal last_recover, last_schedule, schedule_failing
         n = await sweep_once(runtime)
         if n:
             log.info("expired holds", extra={"count": n})
@@ -68,5 +72,14 @@ async def _loop(runtime: Runtime, stop: asyncio.Event, recovery: CheckoutRecover
             refunded = await recover_once(runtime, recovery)
             if refunded:
                 log.warning("refunded interrupted checkouts", extra={"count": refunded})
+        if time.monotonic() - last_schedule > SCHEDULE_EVERY_S:
+            last_schedule = time.monotonic()
+            try:  # Postgres away must not stop the hold sweep
+                await schedule.run_due(runtime)
+                schedule_failing = False
+            except Exception as exc:
+                if not schedule_failing:
+                    log.warning("scheduled sales failed", extra={"error": repr(exc)})
+                schedule_failing = True
 
     await every(INTERVAL_S, stop, step, log=log, what="expiry sweep")

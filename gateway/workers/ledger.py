@@ -7,7 +7,9 @@ ids), then XACK. Entries are acknowledged only after the commit, so a Postgres
 outage or a worker crash loses nothing: unacknowledged entries stay pending and
 are written on the next try, or claimed (XAUTOCLAIM) by another consumer once
 idle for `ledger_claim_idle_ms`. An entry Postgres can never take is
-dead-lettered. A process runs `ledger_consumers` (2) consumers.
+dead-lettered; a sale whose tickets collide with another order's (Redis came back
+with older data) is written without them and refunded (gateway/orders/conflicts.py).
+A process runs `ledger_consumers` (2) consumers.
 
 Which events. The work is proportional to the events that have something to
 write, not to every event that ever sold:
@@ -55,6 +57,7 @@ import orjson
 from redis.exceptions import ResponseError
 
 from gateway.core.runtime import Runtime
+from gateway.orders import conflicts
 from gateway.orders.tickets import ticket_id_hex
 from gateway.store.keys import LEDGER_GROUP, event_key, ledger_dirty_set, ledger_set, on_sale_set
 
@@ -83,9 +86,13 @@ class LedgerWriter:
         self.orders: list[tuple] = []
         self.payments: list[tuple] = []
         self.tickets: list[tuple] = []
+        self.scans: list[tuple] = []
+        self.stream_ids: dict[str, str] = {}  # order id -> its entry, for a refused sale's record
+        self.refused = 0  # orders Postgres refused (conflicts.refuse)
 
     async def add(self, stream_id: str, kind: str, data: dict[str, Any], extra: dict[str, Any]) -> None:
         if kind == "order":
+            self.stream_ids[str(data.get("order_id"))] = stream_id
             self._order(data, extra)
         elif kind == "void":
             await self.flush()  # a void must follow the sale it undoes
@@ -93,7 +100,6 @@ class LedgerWriter:
         elif kind == "orphan_refund":
             self._orphan(data)
         elif kind == "scan":
-            await self.flush()
             await self._scan(data)
 
     def _order(self, d: dict[str, Any], o: dict[str, Any]) -> None:
@@ -143,11 +149,18 @@ class LedgerWriter:
                 o.get("provider") or None)
 
     async def _scan(self, d: dict[str, Any]) -> None:
-        await self.conn.execute(
-            """INSERT INTO scans (id, event_id, ticket_id, device_id, device_scan_id, gate, result, scanned_at)
-               VALUES ($1, $2, $3, $4, $5, $6, $7, $8) ON CONFLICT DO NOTHING""",
-            uuid.UUID(d["scan_id"]), self.event_id, uuid.UUID(d["ticket_id"]) if d.get("ticket_id") else None,
-            uuid.UUID(d["device_id"]), d["device_scan_id"], d["gate"], d["result"], _ts(d.get("scanned_at_ms")))
+        """A door scan (lua/scan_checkin.lua). An offline scan that admitted a ticket before its
+        admitting scan `demote`s that one to a duplicate first (at most one admitted row per ticket)."""
+        if d.get("demote"):
+            await self.flush()  # the demoted scan is an earlier entry: written before it changes
+            await self.conn.execute("UPDATE scans SET result = 'duplicate', conflict = true WHERE id = $1 "
+                                    "AND result = 'admitted'", uuid.UUID(d["demote"]))
+        serial = d.get("serial")
+        self.scans.append((d["scan_id"], self.event_id, d.get("ticket_id") or None, d["device_id"],
+                           str(d["device_scan_id"]), d["gate"], d["result"],
+                           d.get("scanned_at_ms") or int(time.time() * 1000), d.get("mode") or "online",
+                           d.get("direction") or "in", d.get("local_result"), bool(d.get("conflict")),
+                           d.get("reason"), serial if isinstance(serial, int) else None))
 
     async def flush(self) -> None:
         if self.orders:
@@ -170,6 +183,10 @@ class LedgerWriter:
                                $6::text[], $7::bigint[], $8::text[], $9::text[], $10::float8[])
                         AS u(i, o, h, p, r, k, m, c, s, a)
                    ON CONFLICT DO NOTHING""", *cols)
+        if self.tickets:  # a ticket colliding with another order's refuses its whole order
+            taken = await conflicts.refuse(self.conn, self.event_id, self.tickets, self.stream_ids)
+            self.refused += len({t[1] for t in self.tickets}) - len({t[1] for t in taken})
+            self.tickets[:] = taken
         if self.tickets:
             cols = list(zip(*self.tickets))
             await self.conn.execute(
@@ -178,9 +195,20 @@ class LedgerWriter:
                    FROM unnest($1::text[]::uuid[], $2::text[]::uuid[], $3::bigint[], $4::int[], $5::int[],
                                $6::text[], $7::float8[]) AS u(i, o, e, s, x, t, a)
                    ON CONFLICT DO NOTHING""", *cols)
+        if self.scans:  # after the tickets they reference
+            cols = list(zip(*self.scans))
+            await self.conn.execute(
+                """INSERT INTO scans (id, event_id, ticket_id, device_id, device_scan_id, gate, result, scanned_at,
+                                      mode, direction, local_result, conflict, reason, serial)
+                   SELECT i, e, t, d, s, g, r, to_timestamp(a / 1000.0), m, w, l, c, n, x
+                   FROM unnest($1::text[]::uuid[], $2::bigint[], $3::text[]::uuid[], $4::text[]::uuid[], $5::text[],
+                               $6::text[], $7::text[], $8::float8[], $9::text[], $10::text[], $11::text[],
+                               $12::bool[], $13::text[], $14::int[]) AS u(i, e, t, d, s, g, r, a, m, w, l, c, n, x)
+                   ON CONFLICT DO NOTHING""", *cols)
         self.orders.clear()
         self.payments.clear()
         self.tickets.clear()
+        self.scans.clear()
 
 
 def decode(entries: list[tuple[bytes, dict[bytes, bytes]]]) -> list[tuple[str, str, dict, dict, str]]:
@@ -197,7 +225,8 @@ def decode(entries: list[tuple[bytes, dict[bytes, bytes]]]) -> list[tuple[str, s
     return out
 
 
-async def write_batch(pool: asyncpg.Pool, event_id: int, entries: list[tuple[bytes, dict[bytes, bytes]]]) -> None:
+async def write_batch(pool: asyncpg.Pool, event_id: int, entries: list[tuple[bytes, dict[bytes, bytes]]]) -> int:
+    """Write a batch in one transaction; returns how many of its orders Postgres refused."""
     decoded = decode(entries)
     async with pool.acquire() as conn, conn.transaction():
         await conn.execute(
@@ -208,14 +237,17 @@ async def write_batch(pool: asyncpg.Pool, event_id: int, entries: list[tuple[byt
         for sid, kind, data, extra, _ in decoded:
             await writer.add(sid, kind, data, extra)
         await writer.flush()
+    return writer.refused
 
 
 class LedgerWorker:
     """One consumer of the `ledger` group. The housekeeping consumer (one per process) also runs the
     start pass and, every `ledger_round_s`, the on-sale marks, XAUTOCLAIM, pruning and the scrub."""
 
-    def __init__(self, runtime: Runtime, consumer: str | None = None, *, housekeeping: bool = True) -> None:
+    def __init__(self, runtime: Runtime, consumer: str | None = None, *, housekeeping: bool = True,
+                 provider: Any = None) -> None:
         settings = runtime.settings
+        self.provider = provider  # refunds of refused sales (conflicts.settle); built on first need
         self.runtime = runtime
         self.redis = runtime.redis
         self.prefix = settings.redis_prefix
@@ -331,6 +363,7 @@ class LedgerWorker:
                     and e not in self._claim_now]
             await self.prune(idle)
             await self.scrub(set(events))
+            await self.settle()
         self.written += written
         return written
 
@@ -442,7 +475,7 @@ class LedgerWorker:
         the event's `ledger:dead` stream, so it cannot block the ones after it; an unreachable
         Postgres raises, and everything stays pending for the next try."""
         try:
-            await write_batch(pool, event_id, entries)
+            refused = await write_batch(pool, event_id, entries)
         except TRANSIENT:
             raise
         except Exception:
@@ -459,7 +492,21 @@ class LedgerWorker:
                 await self.redis.xack(stream, LEDGER_GROUP, entry[0])
             return len(entries)
         await self.redis.xack(stream, LEDGER_GROUP, *[e[0] for e in entries])
+        if refused:
+            await self.settle()
         return len(entries)
+
+    async def settle(self) -> None:
+        """Refund the sales Postgres refused (gateway/orders/conflicts.py), for about a second at
+        most; a failure here never stops the ledger: the next round tries again."""
+        try:
+            if self.provider is None:
+                from gateway.providers.payments import build_payment_provider
+
+                self.provider = build_payment_provider(self.runtime)
+            await conflicts.settle(self.runtime, self.provider)
+        except Exception as exc:
+            log.warning("refunds of refused sales not settled; tried again next round", extra={"error": repr(exc)})
 
 
 # Postgres (or the network) is away: retry later, never dead-letter for these.
@@ -472,10 +519,16 @@ async def run(runtime: Runtime, stop: asyncio.Event) -> None:
     """Several consumers in one process (`ledger_consumers`, default 2): while one waits for
     Postgres to commit a batch, the next batch is already being written. The first one does the
     housekeeping (start pass, claims, pruning, scrub)."""
+    from gateway.providers.payments import build_payment_provider
+
     n = max(1, runtime.settings.ledger_consumers)
     base = f"{socket.gethostname()}-{os.getpid()}"
-    await asyncio.gather(*(_consume(LedgerWorker(runtime, consumer=f"{base}-{i}", housekeeping=i == 0), stop)
-                           for i in range(n)))
+    provider = build_payment_provider(runtime)
+    try:
+        await asyncio.gather(*(_consume(LedgerWorker(runtime, consumer=f"{base}-{i}", housekeeping=i == 0,
+                                                     provider=provider), stop) for i in range(n)))
+    finally:
+        await provider.aclose()
 
 
 async def _consume(worker: LedgerWorker, stop: asyncio.Event) -> None:

@@ -36,6 +36,7 @@ from redis.exceptions import RedisError, ResponseError, WatchError
 from gateway.core.runtime import Runtime
 from gateway.providers.breaker import BreakerOpen, SharedBreaker
 from gateway.providers.bulkhead import Bulkhead, BulkheadFull
+from gateway.providers.egress import DestinationRefused, EgressPolicy, pinned_url
 from gateway.orders.notify import (SIGNATURE_HEADER, NotifySettings, dead_key, message_fields, retry_key, sign_webhook,
                                      stream_key)
 
@@ -128,6 +129,7 @@ class WebhookSender:
         self.runtime = runtime
         self.settings = settings
         self._guards: OrderedDict[str, Guard] = OrderedDict()
+        self.egress = EgressPolicy(settings.webhook_allow_networks)
         self._client = httpx.AsyncClient(timeout=httpx.Timeout(settings.webhook_timeout_s, connect=2.0),
                                          follow_redirects=False,
                                          headers={"User-Agent": "Flashgate-Webhooks/1"})
@@ -154,15 +156,25 @@ class WebhookSender:
             raise Unsendable(f"bad webhook payload: {exc}") from None
         if not host or not url.startswith(("http://", "https://")):
             raise Unsendable(f"bad webhook url {url!r}")
+        # Checked on every delivery, on the address actually connected to (DNS may have changed since the
+        # organiser registered the URL): a refused destination is never contacted.
+        try:
+            target = await self.egress.resolve(url)
+        except DestinationRefused as exc:
+            raise Unsendable(f"webhook: destination refused: {exc}") from None
 
         async def post() -> None:
             headers = {"Content-Type": "application/json", "X-Flashgate-Event": str(payload["event_type"]),
                        "X-Flashgate-Delivery": nid, SIGNATURE_HEADER: sign_webhook(secret, int(time.time()),
                                                                                           body)}
             try:
-                resp = await self._client.post(url, content=body, headers=headers)
-            except httpx.HTTPError as exc:
-                raise SendFailed(f"webhook: {type(exc).__name__}") from None
+                resp = await self._client.post(pinned_url(target), content=body,
+                                               headers={**headers, "Host": urlsplit(url).netloc.rsplit("@", 1)[-1]},
+                                               extensions={"sni_hostname": target.hostname})
+            except httpx.HTTPError:
+                # One sentence for every transport failure (refused, timed out, reset, TLS): the organiser
+                # sees this, and distinct errors would tell open ports from closed ones.
+                raise SendFailed("webhook: the destination could not be reached") from None
             if resp.status_code >= 500 or resp.status_code == 429:
                 raise SendFailed(f"webhook: http {resp.status_code}")
             if resp.status_code >= 300:
@@ -187,11 +199,24 @@ class NotifyWorker:
         self.sent = 0
 
     async def ensure_group(self) -> None:
+        await self._adopt_untagged()
         try:
             await self.redis.xgroup_create(self.stream, GROUP, id="0", mkstream=True)
         except ResponseError as exc:
             if "BUSYGROUP" not in str(exc):
                 raise
+
+    async def _adopt_untagged(self) -> None:
+        """Keys written before the notification keys shared the `{notify}` hash tag (`<prefix>:notify`,
+        `:notify:retry`, `:notify:dead`, single Redis only) are renamed once, consumer group included."""
+        prefix = self.runtime.prefix
+        for old, new in ((f"{prefix}:notify", self.stream), (f"{prefix}:notify:retry", self.retry),
+                         (f"{prefix}:notify:dead", self.dead)):
+            try:
+                if await self.redis.exists(old) and not await self.redis.renamenx(old, new):
+                    log.warning("notification key %s kept: %s already exists", old, new)
+            except ResponseError:  # CROSSSLOT: a Redis Cluster, where the untagged keys never existed
+                return
 
     async def aclose(self) -> None:
         for sender in self.senders.values():

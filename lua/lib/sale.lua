@@ -3,7 +3,8 @@
 -- Needs common.lua included first.
 
 -- held -> paying: the hold is kept for the payment window (meta.checkout_ms) from now; its own
--- expiry is remembered (rec.he) so that a payment that does not happen gives it back unchanged.
+-- expiry is remembered (rec.he) so that a payment that does not happen gives it back unchanged,
+-- and so is when the payment began (rec.pb: the sale's change record carries it, see sell).
 -- Returns the hold view, or nil and an error reply.
 local function begin_paying(hold_id, buyer, key, now)
   local rec, err = owned_hold(hold_id, buyer, now)
@@ -12,7 +13,7 @@ local function begin_paying(hold_id, buyer, key, now)
     return nil, reply('invalid_state', {state = 'paying', checkout_key = rec.k})
   end
   local meta = load_meta()
-  if rec.st ~= 'paying' then rec.he = rec.e end
+  if rec.st ~= 'paying' then rec.he, rec.pb = rec.e, now end
   local exp = math.max(rec.e, now + meta.checkout_ms)
   rec.st, rec.k, rec.e = 'paying', key, exp
   redis.call('ZADD', K_HOLDS, exp, hold_id)
@@ -30,7 +31,7 @@ local function end_paying(hold_id, buyer, key, now)
   if not rec then return nil, err end
   if rec.st == 'paying' and rec.k == key then
     local own = tonumber(rec.he) or rec.e
-    rec.st, rec.k, rec.he, rec.e = 'held', nil, nil, own
+    rec.st, rec.k, rec.he, rec.pb, rec.e = 'held', nil, nil, nil, own
     redis.call('ZADD', K_HOLDS, own, hold_id)
     redis.call('HSET', K_HDATA, hold_id, cjson.encode(rec))
   end
@@ -67,7 +68,8 @@ local function sell(hold_id, buyer, order_id, order_json)
   end
   redis.call('ZREM', K_HOLDS, hold_id)
   redis.call('HDEL', K_HDATA, hold_id)
-  local v = record_change(OP_SELL, rec.s, rec.g, 1)
+  address_give_back(rec)  -- the address cap counts tickets held, not bought
+  local v = record_change(OP_SELL, rec.s, rec.g, 1, hold_id, rec.b, rec.n, rec.e, now, rec.pb)
   local serial_start = redis.call('INCRBY', K_SERIAL, rec.n) - rec.n + 1
 
   local result = {order_id = order_id, hold_id = hold_id, buyer = buyer, seats = rec.s, ga = rec.g,

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import secrets
+
 import pytest
 from pydantic import ValidationError
 
@@ -14,16 +16,25 @@ def test_development_generates_a_stable_secret(tmp_path):
     assert a.secret_key and a.secret_key == b.secret_key and a.secret_key.startswith("dev-")
 
 
-@pytest.mark.parametrize("secret", [None, "", "dev-abcdefghijklmnopqrstuvwxyz0123456789", "short"])
+@pytest.mark.parametrize("secret", [None, "", "dev-abcdefghijklmnopqrstuvwxyz0123456789", "short",
+                                    "test-" + secrets.token_urlsafe(32), "a" * 32, "p" * 48, "password" * 4,
+                                    "abcdefghijklmnopqrstuvwxyz012345", "qwertyuiopasdfghjklzxcvbnm123456",
+                                    "Tr0ub4dor&3Tr0ub4dor&3Tr0ub4dor&3", "0123456789" * 4,
+                                    "correct horse battery staple!!!1", "change-me-to-a-long-random-value",
+                                    "CHANGE_ME_" + secrets.token_hex(4) + "_please_use_a_real_one",
+                                    "<your-secret-here-at-least-32-characters>"])
 def test_production_refuses_weak_secrets(tmp_path, secret):
     with pytest.raises((ValidationError, ValueError)) as err:
         Settings(environment="production", data_dir=tmp_path, secret_key=secret)
     assert "FLASHGATE_SECRET_KEY" in str(err.value)
+    assert not secret or len(secret) < 8 or secret not in str(err.value)  # the value is never echoed
 
 
-def test_production_accepts_a_real_secret(tmp_path):
-    s = Settings(environment="production", data_dir=tmp_path, secret_key="p" * 48)
-    assert s.secret_bytes == b"p" * 48
+@pytest.mark.parametrize("secret", [secrets.token_urlsafe(32), secrets.token_hex(16), secrets.token_hex(32),
+                                    secrets.token_urlsafe(64)])
+def test_production_accepts_a_real_secret(tmp_path, secret):
+    s = Settings(environment="production", data_dir=tmp_path, secret_key=secret)
+    assert s.secret_bytes == secret.encode()
 
 
 def test_environment_variables(monkeypatch, tmp_path):

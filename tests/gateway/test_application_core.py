@@ -67,7 +67,7 @@ async def test_order_view_comes_from_redis_while_postgres_is_down(client, databa
     no_pg = create_app(settings.model_copy(update={"database_url": dead_postgres_url()}))
     async with no_pg.fastapi.router.lifespan_context(no_pg.fastapi), client_for(no_pg) as c:
         resp = await c.get(f"/v1/orders/{order['order_id']}", headers=auth(order["order_token"]))
-        page = await c.get(f"/orders/{order['order_id']}", params={"token": order["order_token"]})
+        page = await c.get(order["order_page_url"])
     assert resp.status_code == 200, resp.text
     got = resp.json()
     assert got["status"] == "paid" and len(got["tickets"]) == 2
@@ -237,6 +237,11 @@ async def test_framework_routes_answer_like_the_edge(app, client, database_url, 
         order = await c.post(f"/v1/holds/{hold.json()['hold_id']}/checkout", json={},
                              headers={**me, "Idempotency-Key": "bare-fastapi-1"})
         nokey = await c.post(f"/v1/holds/{hold.json()['hold_id']}/checkout", json={}, headers=me)
+        bare_token = await c.post("/v1/buyer-token")
+    edge_token = await client.post("/v1/buyer-token")
+    for minted in (bare_token, edge_token):
+        assert minted.status_code == 201 and set(minted.json()) == {"buyer_id", "buyer_token", "expires_at"}
+        assert app.gateway.signer.verify(minted.json()["buyer_token"], "b")["sub"] == minted.json()["buyer_id"]
     assert hold.status_code == 201 and hold.json()["ga"] == {"floor": 2}
     assert bad.status_code == 422 and bad.json()["error"]["code"] == "validation_error"
     assert avail.status_code == 200 and avail.json()["ga"][0]["held"] == 2

@@ -18,9 +18,17 @@ pytestmark = pytest.mark.anyio
 SECRET = "whsec-0123456789abcdef"
 
 
+@pytest.fixture
+def settings(settings):
+    """The receivers here listen on this machine: loopback is let through by the development allow-list."""
+    return settings.model_copy(update={"notify": settings.notify.model_copy(
+        update={"webhook_allow_networks": "127.0.0.0/8"})})
+
+
 @asynccontextmanager
 async def notify_worker(runtime, **overrides):
     settings = notify.NotifySettings(**{"smtp_port": free_port(), "max_attempts": 3, "backoff_base_s": 0.05,
+                                        "webhook_allow_networks": "127.0.0.0/8",
                                         "backoff_max_s": 0.2, "block_ms": 50, "claim_every_s": 0.1,
                                         "webhook_timeout_s": 2.0, **overrides})
     stop = asyncio.Event()

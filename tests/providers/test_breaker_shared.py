@@ -240,25 +240,26 @@ async def test_half_open_lets_one_trial_through_across_processes(breakers: Facto
 
 async def test_a_failed_trial_reopens_and_a_dead_trial_holder_is_replaced(breakers: Factory, aredis: aioredis.Redis,
                                                                           breaker_key: str) -> None:
-    a, b = breakers(fail_max=1, reset_timeout_s=0.3, trial_lease_s=0.5), breakers(fail_max=1, reset_timeout_s=0.3,
-                                                                                    trial_lease_s=0.5)
+    # Timings in seconds, wide enough for a busy machine: reset 1.2, the trial lease 2.0.
+    a, b = breakers(fail_max=1, reset_timeout_s=1.2, trial_lease_s=2.0), breakers(fail_max=1, reset_timeout_s=1.2,
+                                                                                    trial_lease_s=2.0)
     with pytest.raises(BreakerOpen):
         await a.call(fail)
-    await asyncio.sleep(0.45)
+    await asyncio.sleep(1.5)
     with pytest.raises(BreakerOpen):  # the trial fails: open again, for a new reset timeout
         await a.call(fail)
     state = await read_breaker_state(aredis, breaker_key)
-    assert state["state"] == "open" and state["opened_at"] > time.time() - 0.3
-    await asyncio.sleep(0.15)
-    with pytest.raises(BreakerOpen):
+    assert state["state"] == "open" and state["opened_at"] > time.time() - 1.2
+    await asyncio.sleep(0.3)
+    with pytest.raises(BreakerOpen):  # well within the new reset timeout
         await b.call(ok)
 
     # A trial holder that dies (its lease is never released) blocks the others only until the lease expires.
-    await asyncio.sleep(0.4)
-    await aredis.set(b.trial_key, "someone-who-died", px=500)
+    await asyncio.sleep(1.2)
+    await aredis.set(b.trial_key, "someone-who-died", px=2000)
     with pytest.raises(BreakerOpen):
         await b.call(ok)
-    await asyncio.sleep(0.6)
+    await asyncio.sleep(2.4)
     assert await b.call(ok) == "ok"
     assert (await read_breaker_state(aredis, breaker_key))["state"] == "closed"
 

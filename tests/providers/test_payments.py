@@ -198,6 +198,23 @@ async def test_slow_provider_answers_within_the_budget(guarded: Factory, sim: ht
     assert (await p.breaker.snapshot())["failures"] == 1
 
 
+async def test_find_through_the_guard(guarded: Factory, sim: httpx.Client) -> None:
+    """The lookup recovery uses: the payment an authorize key created, in its current state, or None."""
+    p = guarded(attempts=2)
+    assert await p.find(idempotency_key="o-9:authorize") is None
+    auth = await authorize(p, "o-9:authorize")
+    found = await p.find(idempotency_key="o-9:authorize")
+    assert found is not None and found.payment_id == auth.payment_id and found.status == "authorized"
+    await p.capture(idempotency_key="o-9:capture", payment_id=auth.payment_id, amount_minor=2000)
+    found = await p.find(idempotency_key="o-9:authorize")
+    assert found is not None and found.status == "captured" and found.amount_minor == 2000  # what was taken
+    assert found.currency == "EUR"
+    sim.put("/_config", json={"down": True}).raise_for_status()
+    with pytest.raises(ProviderUnavailable):  # a provider fault, as for any call: the caller asks again later
+        await p.find(idempotency_key="o-9:authorize")
+    assert (await p.breaker.snapshot())["failures"] >= 1
+
+
 async def test_connection_refused_counts_as_failure(guarded: Factory) -> None:
     p = guarded(url=f"http://127.0.0.1:{free_port()}", fail_max=2, attempts=1)
     with pytest.raises(ProviderUnavailable) as info:

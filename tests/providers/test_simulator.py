@@ -169,6 +169,50 @@ def test_bad_config_and_body(sim: httpx.Client) -> None:
     assert missing.status_code == 400
 
 
+def test_find_a_payment_by_its_authorize_key(sim: httpx.Client) -> None:
+    """What recovery asks after a crash: did the authorize call with this key create a payment, and
+    what became of it?"""
+    def find(key: str) -> httpx.Response:
+        return sim.get("/v1/payments", params={"idempotency_key": key})
+
+    missing = find("o-1:authorize")
+    assert missing.status_code == 404 and missing.json()["error"]["code"] == "not_found"
+    pid = authorize(sim, "o-1:authorize", reference="o-1:card").json()["id"]
+    found = find("o-1:authorize")
+    assert found.status_code == 200
+    assert found.json()["id"] == pid and found.json()["status"] == "authorized"
+    assert found.json()["reference"] == "o-1:card" and found.json()["captured_minor"] == 0
+    sim.post(f"/v1/payments/{pid}/capture", json={"amount_minor": 1500}, headers={"Idempotency-Key": "o-1:capture"})
+    assert find("o-1:authorize").json()["status"] == "captured"
+    sim.post(f"/v1/payments/{pid}/refund", json={}, headers={"Idempotency-Key": "o-1:refund"})
+    assert find("o-1:authorize").json()["status"] == "refunded"
+    assert find("o-1:capture").status_code == 404, "only an authorize call creates a payment"
+    assert authorize(sim, "o-2:authorize", reference="o-2:fail").status_code == 503
+    assert find("o-2:authorize").status_code == 404, "a failed authorize created nothing"
+    assert sim.get("/v1/payments").status_code == 400
+    assert sim.post("/v1/payments", params={"idempotency_key": "o-1:authorize"}).status_code == 405
+    sim.put("/_config", json={"down": True}).raise_for_status()
+    assert find("o-1:authorize").status_code == 503
+    assert sim.get("/_stats").json()["find"] == 7
+
+
+@pytest.mark.anyio
+async def test_capture_latency_slows_captures_only(simulator_url: str, sim: httpx.Client) -> None:
+    sim.put("/_config", json={"capture_latency_ms": 3000}).raise_for_status()
+    assert sim.get("/_config").json()["capture_latency_ms"] == 3000.0
+    pid = authorize(sim, "slow-cap:authorize").json()["id"]  # answered, not held back 3 s
+    async with httpx.AsyncClient(base_url=simulator_url, timeout=10) as client:
+        capture = asyncio.create_task(client.post(f"/v1/payments/{pid}/capture", json={},
+                                                  headers={"Idempotency-Key": "slow-cap:capture"}))
+        while not sim.get("/_stats").json().get("capture"):
+            await asyncio.sleep(0.01)
+        # The capture is at the provider: the payment is not captured until it has taken its time.
+        assert sim.get("/v1/payments", params={"idempotency_key": "slow-cap:authorize"}).json()["status"] == \
+            "authorized"
+        assert (await capture).json()["status"] == "captured"
+    assert sim.get("/v1/payments", params={"idempotency_key": "slow-cap:authorize"}).json()["status"] == "captured"
+
+
 def test_process_takes_its_configuration() -> None:
     proc, url = start_simulator_process(decline_rate=1.0, latency_ms=10)
     try:
@@ -211,6 +255,33 @@ async def test_concurrent_calls_with_the_same_keys_charge_once(simulator_url: st
     assert stats["authorize"] == 200 and stats["authorized"] == 50 and stats["replayed"] == 150
     served = {r.headers[WORKER] for r in answers}
     assert len(served) == workers or (workers > 1 and len(served) >= 2), served
+
+
+def test_a_one_step_charge_captures_once_on_every_worker(simulator_url: str, sim: httpx.Client, workers: int) -> None:
+    """`capture: true` on authorize captures in the same call; replayed with its key on another worker it
+    answers the same payment; a capture after it is refused (already captured); `find` reports it
+    captured; the refund returns it all; a `capture` that is not a boolean is a 400 that creates nothing."""
+    body = {"amount_minor": 1500, "currency": "EUR", "reference": "order-9", "capture": True}
+    with clients_on_workers(simulator_url, 2) as found:
+        a, b = found[0], found[-1]
+        first = a.post("/v1/payments/authorize", json=body, headers={"Idempotency-Key": "one-step"})
+        assert first.status_code == 201 and first.json()["status"] == "captured", first.text
+        again = b.post("/v1/payments/authorize", json=body, headers={"Idempotency-Key": "one-step"})
+        assert again.json() == first.json() and again.headers["Idempotent-Replayed"] == "true"
+        pid = first.json()["id"]
+        late = b.post(f"/v1/payments/{pid}/capture", json={}, headers={"Idempotency-Key": "one-step-cap"})
+        assert late.status_code == 409
+        got = b.get("/v1/payments", params={"idempotency_key": "one-step"}).json()
+        assert got["status"] == "captured" and got["captured_minor"] == 1500
+        ref = a.post(f"/v1/payments/{pid}/refund", json={}, headers={"Idempotency-Key": "one-step-ref"})
+        assert ref.status_code == 200 and ref.json()["amount_minor"] == 1500
+        bad = a.post("/v1/payments/authorize", json={**body, "capture": "yes"}, headers={"Idempotency-Key": "bad"})
+        assert bad.status_code == 400 and "capture" in bad.json()["error"]["message"]
+        declined = a.post("/v1/payments/authorize", json={**body, "reference": "please-decline"},
+                          headers={"Idempotency-Key": "one-step-declined"})
+        assert declined.json()["status"] == "declined"
+    stats = sim.get("/_stats").json()
+    assert stats["captured"] == 1 and stats["declined"] == 1 and not stats.get("authorized"), stats
 
 
 def test_capture_and_refund_through_another_worker(simulator_url: str, sim: httpx.Client, workers: int) -> None:

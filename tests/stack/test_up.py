@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -57,6 +58,16 @@ def test_up_serves_and_stops_cleanly(tmp_root):
         events = httpx.get(info["gateway_url"] + "/v1/events", headers={"Authorization": f"Bearer {org['api_key']}"})
         assert events.status_code == 200 and events.json() == {"events": []}
         assert info["demo"]["event_id"] and info["payments_url"].startswith("http")
+        # The demo event comes with a door device: its token scans (docs/scanning.md).
+        door = {"Authorization": f"Bearer {info['demo']['device_token']}"}
+        manifest = httpx.get(info["gateway_url"] + "/v1/scan/manifest", headers=door, timeout=10)
+        assert manifest.status_code == 200 and manifest.json()["gate"] == "main"
+        # Prometheus metrics of the stack's gateway, the door's scan counted (docs/operations.md).
+        metrics = httpx.get(info["gateway_url"] + "/metrics", timeout=10)
+        assert metrics.status_code == 200 and "flashgate_redis_up 1.0" in metrics.text
+        scanned = re.search(r'flashgate_http_request_duration_seconds_count\{method="GET",route="/v1/scan/manifest",'
+                            r'status="2xx"\} (\S+)', metrics.text)
+        assert scanned and float(scanned.group(1)) == 1.0, metrics.text[:2000]
         pids = list(info["children"].values())
         redis_port = int(info["redis_url"].rsplit(":", 1)[1].split("/")[0])
         pg_port = int(info["database_url"].rsplit(":", 1)[1].split("/")[0])
@@ -65,6 +76,7 @@ def test_up_serves_and_stops_cleanly(tmp_root):
         output, _ = proc.communicate(timeout=60)
     assert proc.returncode == 0, output
     assert "Flashgate is running." in output and "stopped" in output
+    assert f"door token   {info['demo']['device_token']}" in output and "/scan#token=" in output
     assert not stack_file.exists()
     time.sleep(0.5)
     assert not any(_alive(pid) for pid in pids), "a child process outlived the stack"

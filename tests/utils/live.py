@@ -10,16 +10,19 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
-import httpx
-
 from gateway.core.config import Settings
-from gateway.stack.embedded import free_port, spawn, stop_process
+from gateway.stack.embedded import free_port, spawn, stop_process, wait_ready
+
+# Sybil protections (docs/waiting-room.md) a spawned gateway takes from the settings object.
+SYBIL_SETTINGS = ("buyer_token_per_ip_per_s", "buyer_token_per_ip_burst", "buyer_token_per_prefix_per_s",
+                  "buyer_token_per_prefix_burst", "holds_per_address_factor", "queue_pow", "queue_pow_bits")
 
 
 def stack_env(settings: Settings) -> dict[str, str]:
     return {**os.environ, "REDIS_URL": settings.redis_url or "", "DATABASE_URL": settings.database_url or "",
             "FLASHGATE_REDIS_PREFIX": settings.redis_prefix, "FLASHGATE_SECRET_KEY": settings.secret_key or "",
-            "FLASHGATE_ENVIRONMENT": settings.environment, "FLASHGATE_DATA_DIR": str(settings.data_dir)}
+            "FLASHGATE_ENVIRONMENT": settings.environment, "FLASHGATE_DATA_DIR": str(settings.data_dir),
+            **{f"FLASHGATE_{name.upper()}": str(getattr(settings, name)) for name in SYBIL_SETTINGS}}
 
 
 @contextlib.contextmanager
@@ -30,18 +33,7 @@ def start_gateway(settings: Settings, log_dir: Path, workers: int = 2) -> Iterat
                  log=log, env=stack_env(settings))
     url = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + 30
-        while True:
-            if proc.poll() is not None:
-                raise RuntimeError(f"gateway exited: {log.read_text()[-2000:]}")
-            try:
-                if httpx.get(url + "/readyz", timeout=1).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            if time.monotonic() > deadline:
-                raise RuntimeError(f"gateway not ready: {log.read_text()[-2000:]}")
-            time.sleep(0.1)
+        wait_ready(url, time.monotonic() + 30, proc=proc, log=log)
         yield url
     finally:
         stop_process(proc)

@@ -85,6 +85,12 @@ async def test_backpressure_slows_stops_and_recovers(qclient, database_url, sett
             stopped = q["admitted_up_to"]
             await asyncio.sleep(0.6)
             assert (await stats(qclient, event))["admitted_up_to"] == stopped  # saturated: no admission
+            # Newcomers while saturated: nothing saved up before is spent on them either.
+            newcomers = await fill(qclient, event, 14)
+            await asyncio.sleep(2.0)
+            assert (await stats(qclient, event))["admitted_up_to"] == stopped
+            statuses = [(await poll(qclient, event["id"], t))["status"] for t in newcomers]
+            assert statuses == ["waiting"] * 14, statuses
             for i in range(10):
                 await inventory.release(scripts=scripts, prefix=prefix, event_id=event["id"],
                                         hold_id=f"{event['id']}-bp{i}", buyer=f"bp{i}")
@@ -151,10 +157,13 @@ async def test_stalled_places_are_skipped_and_refresh_keeps_a_place(database_url
             await asyncio.sleep(0.25)
         async with leader(settings, queue_stall_s=2):
             async def decided():
-                bodies = [await poll(client, event["id"], t) for t in tokens]
+                # Buyer 1 is not polled until the places around it are decided: a poll would make it
+                # live again (a buyer who comes back before their turn keeps their place).
+                bodies = [await poll(client, event["id"], tokens[i]) for i in (0, 2, 3)]
                 return bodies if all(b["status"] != "waiting" for b in bodies) else None
 
-            bodies = await wait_for(decided, timeout=10)
+            first, third, fourth = await wait_for(decided, timeout=10)
+            bodies = [first, await poll(client, event["id"], tokens[1]), third, fourth]
         assert [b["status"] for b in bodies] == ["admitted", "expired", "admitted", "admitted"]
         assert bodies[1]["reason"] == "stalled"
         q = await stats(client, event)
@@ -188,3 +197,88 @@ async def test_positions_are_monotonic_under_concurrent_joins_and_polls(qclient,
         statuses = [s for s, _ in history]
         if "admitted" in statuses:  # once admitted, stays admitted
             assert set(statuses[statuses.index("admitted"):]) == {"admitted"}
+
+
+async def test_admission_follows_the_measured_checkout_throughput(qclient, database_url, settings):
+    """Checkout slower than its target: admission is capped at what checkout completes (sales/s), so
+    buyers wait in the queue rather than at a saturated checkout; fast again: the organiser's rate."""
+    event = await queue_event(qclient, database_url, rate=100, ga={"floor": 5000}, sections=0)
+    await fill(qclient, event, 600)
+    redis = aioredis.Redis.from_url(settings.redis_url)
+    scripts = Scripts(redis)
+    prefix, ev = settings.redis_prefix, event["id"]
+    state = qkey(prefix, ev, "state")
+    selling = asyncio.Event()
+
+    async def sell_at_10_per_s():  # 10 sales per second, as a checkout at its limit would complete them
+        i = 0
+        while not selling.is_set():
+            i += 1
+            await inventory.hold_ga(scripts=scripts, prefix=prefix, event_id=ev, hold_id=f"{ev}-s{i}",
+                                    buyer=f"s{i}", ticket_type="floor", quantity=1)
+            await inventory.confirm(scripts=scripts, prefix=prefix, event_id=ev, hold_id=f"{ev}-s{i}",
+                                    buyer=f"s{i}", order_id=f"{ev}-o{i}", order={"n": i})
+            await asyncio.sleep(0.1)
+
+    async def slow_checkout(ms: float) -> None:
+        await redis.hset(state, "checkout_ms", ms)
+
+    seller = asyncio.get_running_loop().create_task(sell_at_10_per_s())
+    try:
+        async with leader(settings, queue_checkout_target_ms=400):
+            await slow_checkout(1200)  # three times the target: half of what checkout completes
+
+            async def paced():
+                await slow_checkout(1200)
+                q = await stats(qclient, event)
+                bp = q["backpressure"]
+                return q if bp["checkout_cap_per_s"] is not None and bp["sales_per_s"] > 6 else None
+
+            q = await wait_for(paced, timeout=15)
+            assert q, await stats(qclient, event)
+            assert 6 < q["backpressure"]["sales_per_s"] < 14
+            assert q["rate"]["effective_per_s"] <= 0.5 * q["backpressure"]["sales_per_s"] + 1e-6
+            before, t0 = q["admitted_up_to"], time.monotonic()
+            for _ in range(12):
+                await asyncio.sleep(0.25)
+                await slow_checkout(1200)
+            q = await stats(qclient, event)
+            rate = (q["admitted_up_to"] - before) / (time.monotonic() - t0)
+            assert rate < 10, (rate, q)  # the organiser's rate is 100/s
+
+            await slow_checkout(100)  # checkout fast again: the pace doubles every second up to the rate
+            q = await wait_for(lambda: _unpaced(qclient, event), timeout=10)
+            assert q, await stats(qclient, event)
+            before, t0 = q["admitted_up_to"], time.monotonic()
+            await asyncio.sleep(2)
+            q = await stats(qclient, event)
+            assert (q["admitted_up_to"] - before) / (time.monotonic() - t0) > 50, q
+    finally:
+        selling.set()
+        await seller
+        await redis.aclose()
+
+
+async def _unpaced(client, event):
+    q = await stats(client, event)
+    return q if q["backpressure"]["checkout_cap_per_s"] is None else None
+
+
+async def test_a_queue_opening_on_a_crowd_ramps_up(qclient, database_url, settings):
+    """Slow start: a crowd waiting when admission starts is let in at 20/s first, doubling every
+    second while checkout keeps up, up to the organiser's rate; the crowd never arrives at once."""
+    event = await queue_event(qclient, database_url, rate=200, ga={"floor": 5000}, sections=0)
+    await fill(qclient, event, 1500)
+    async with leader(settings):
+        started = time.monotonic()
+        q = await wait_for(lambda: _upto_above(qclient, event, 0))
+        samples = []
+        while time.monotonic() - started < 7:
+            q = await stats(qclient, event)
+            samples.append((time.monotonic() - started, q["admitted_up_to"]))
+            await asyncio.sleep(0.25)
+    first_second = max(u for t, u in samples if t <= 1.0)
+    assert first_second <= 80, samples  # 20/s doubling (+ one second of credit): ~60, not 200+
+    last = [(t, u) for t, u in samples if t >= 5.0]
+    rate = (last[-1][1] - last[0][1]) / (last[-1][0] - last[0][0])
+    assert rate > 150, samples  # at the organiser's rate within a few seconds

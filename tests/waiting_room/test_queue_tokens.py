@@ -150,3 +150,47 @@ async def test_rate_limits_answer_429_with_retry_after(database_url, settings):
         statuses = [(await client.post(url, headers=auth((await new_buyer(client))["buyer_token"]))).status_code
                     for _ in range(8)]
         assert statuses[:5] == [201] * 5 and statuses[-1] == 429  # the in-process bucket sheds first
+
+
+_B64 = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_"
+
+
+def _respellings(token: str) -> list[str]:
+    """Other spellings of the same bytes (or of bytes a lenient decoder would read the same way)."""
+    kind, body, mac = token.split(".")
+    out = [token + "=", token + "==", token + "!", f"{kind}.{body}=.{mac}", f"{kind}.{body}.{mac}%3D",
+           f"{kind}.{body[:2]}\n{body[2:]}.{mac}"]
+    for part in ("body", "mac"):  # flip an unused low bit of the last character
+        text = body if part == "body" else mac
+        unused = {2: 4, 3: 2}.get(len(text) % 4, 0)  # 2 chars -> 4 unused bits, 3 chars -> 2
+        if unused:
+            last = _B64.index(text[-1]) ^ 1
+            text = text[:-1] + _B64[last]
+            out.append(f"{kind}.{text}.{mac}" if part == "body" else f"{kind}.{body}.{text}")
+    return out
+
+
+@pytest.mark.parametrize("kind", ["b", "q", "a", "o", "d"])
+def test_only_the_canonical_spelling_of_a_token_verifies(kind):
+    signer = TokenSigner(b"k" * 32)
+    for n in range(40):  # payload lengths with every remainder mod 3
+        token = signer.sign(kind, {"sub": "x" * n, "exp": int(time.time()) + 60})
+        assert signer.verify(token, kind)["sub"] == "x" * n
+        variants = _respellings(token)
+        assert len(variants) >= 6
+        for variant in variants:
+            with pytest.raises(Exception) as info:
+                TokenSigner(b"k" * 32).verify(variant, kind)  # a fresh signer: no remembered tokens
+            assert getattr(info.value, "code", None) == "invalid_token", variant
+
+
+async def test_a_respelled_queue_token_is_refused_over_the_api(qclient, database_url):
+    event = await queue_event(qclient, database_url, rate=0.001)
+    body = await join(qclient, event["id"], await new_buyer(qclient))
+    token = body["queue_token"]
+    for variant in _respellings(token):
+        if "\n" in variant:
+            continue  # not a valid header value at all
+        resp = await qclient.get(f"/v1/events/{event['id']}/queue", headers=auth(variant))
+        assert resp.status_code == 401, (variant, resp.text)
+        assert resp.json()["error"]["code"] == "invalid_token"

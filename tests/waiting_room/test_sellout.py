@@ -154,7 +154,6 @@ async def test_flash_sale_sells_out_and_tells_every_waiting_buyer(database_url, 
             stop_at = t0 + SELL_OUT_BY_S + TOLD_WITHIN_S + 5
             await asyncio.gather(*(run(b, me) for b, me in zip(buyers, tokens)))
             q = (await client.get(f"/v1/events/{eid}/stats", headers=auth(event["api_key"]))).json()["queue"]
-        await _stop_queue_cache(client)
 
     redis = aioredis.Redis.from_url(settings.redis_url)
     try:
@@ -222,18 +221,6 @@ def _settled(statuses: tuple[str, ...]) -> tuple[str, ...]:
 async def _leader(client, event):
     resp = await client.get(f"/v1/events/{event['id']}/stats", headers=auth(event["api_key"]))
     return resp.json()["queue"]["leader"]
-
-
-async def _stop_queue_cache(client) -> None:
-    """Stop this app's queue-cache refresher before the app shuts down. Workaround, to be removed with its
-    fix: a cancellation that lands inside the refresher's Redis pipeline can be swallowed by the Redis
-    client, and `QueueCache.stop()` then waits forever for a loop that keeps running (seen about once in
-    six runs of this test, which keeps that pipeline busy)."""
-    cache = client.app.gateway.queue_cache
-    task, cache._task = cache._task, None
-    while task is not None and not task.done():
-        task.cancel()
-        await asyncio.wait({task}, timeout=0.5)
 
 
 async def test_admissions_nobody_answers_stop_holding_the_queue(qclient, database_url, settings):

@@ -16,6 +16,7 @@ from pydantic import BaseModel, ConfigDict
 from starlette.responses import Response
 
 from gateway.api.deps import GatewayDep, TokenDep
+from gateway.api.responses import error_responses
 from gateway.sale.holds import event_of_hold
 
 router = APIRouter(prefix="/v1", tags=["buyer"])
@@ -64,6 +65,8 @@ class OrderView(BaseModel):
     total_minor: int
     currency: str
     tickets: list[Ticket]
+    order_page_url: str
+    order_page_expires_at: int
 
 
 class QueueAnswer(BaseModel):
@@ -80,14 +83,16 @@ class QueueAnswer(BaseModel):
 
 
 @router.post("/buyer-token", status_code=201, response_model=BuyerToken)
-async def buyer_token(gw: GatewayDep) -> Any:
-    """A new buyer identity (stateless signed token, valid 24 h)."""
+async def buyer_token(request: Request, gw: GatewayDep) -> Any:
+    """A new buyer identity (stateless signed token, valid 24 h). 429 `rate_limited` with Retry-After when
+    too many were made from the caller's address or network just now."""
+    gw.mint.check(gw.addresses.of_scope(request.scope))
     return gw.gate.issue()
 
 
 @router.get("/events/{event_id}/availability")
 async def availability(event_id: EventId, gw: GatewayDep, seats: Annotated[int, Query(ge=0, le=1)] = 1,
-                       since: Annotated[int | None, Query(ge=0)] = None) -> Response:
+                       since: Annotated[int | None, Query(ge=0, le=10**18)] = None) -> Response:
     """Per section and GA type counts, and (unless `seats=0`) one character per seat: 0 free, 1 held,
     2 sold. Served from the worker's snapshot (`stale: true` when Redis is away); with `since` equal to
     the current version the answer is only `unchanged: true`."""
@@ -95,28 +100,48 @@ async def availability(event_id: EventId, gw: GatewayDep, seats: Annotated[int, 
 
 
 @router.post("/events/{event_id}/queue", response_model=QueueAnswer, responses={201: {"model": QueueAnswer}})
-async def join_queue(event_id: EventId, request: Request, gw: GatewayDep, token: TokenDep) -> Response:
-    """Join the waiting room with a buyer token (201 for a new place, 200 for the same buyer again)."""
-    created, body = await gw.room.join(event_id, token, request.client.host if request.client else "-")
+async def join_queue(event_id: EventId, request: Request, gw: GatewayDep, token: TokenDep,
+                     proof: Annotated[str | None, Header(alias="X-Proof-Of-Work", description="When the waiting "
+                                      "room asks for one (428 proof_of_work_required): `<challenge>:<nonce>`.")]
+                     = None) -> Response:
+    """Join the waiting room with a buyer token (201 for a new place, 200 for the same buyer again). When
+    proof of work is on, 428 `proof_of_work_required` carries a challenge to solve first."""
+    gw.pow.check(event_id, token, proof)
+    created, body = await gw.room.join(event_id, token, gw.addresses.of_scope(request.scope))
     return _json(orjson.dumps(body), 201 if created else 200)
 
 
 @router.get("/events/{event_id}/queue", response_model=QueueAnswer)
-async def poll_queue(event_id: EventId, request: Request, gw: GatewayDep, token: TokenDep) -> Response:
-    """Poll with the queue token: position and ETA, the admission token once admitted, or sold out."""
-    return _json(await gw.room.poll(event_id, token, request.client.host if request.client else "-"))
+async def poll_queue(event_id: EventId, request: Request, gw: GatewayDep, token: TokenDep,
+                     seen: Annotated[int | None, Query(ge=0, le=10**9)] = None) -> Response:
+    """Poll with the queue token: position and ETA, the admission token once admitted, or sold out.
+    `seen`: the position this buyer was last shown (0 once admitted); the answer never shows more."""
+    return _json(await gw.room.poll(event_id, token, gw.addresses.of_scope(request.scope), seen))
+
+
+@router.get("/events/{event_id}/queue/log")
+async def admission_log(event_id: EventId, gw: GatewayDep,
+                        start: Annotated[int, Query(alias="from", ge=1, le=2**31)] = 1,
+                        count: Annotated[int, Query(ge=1, le=10_000)] = 1_000) -> Response:
+    """The public admission log, for anyone to check the waiting room's fairness (no buyer identity):
+    per place from `from` (at most `count`, up to the admitted-up-to place), the Unix second it was
+    admitted or null if it was skipped (its buyer stopped polling), and for the pre-queue's places the
+    arrival number each holds, with the revealed seed. `docs/verify_shuffle.py` checks it."""
+    return _json(orjson.dumps(await gw.room.admission_log(event_id, start, count)))
 
 
 @router.post("/events/{event_id}/holds", status_code=201, response_model=HoldView)
-async def create_hold(event_id: EventId, gw: GatewayDep, token: TokenDep, admission: AdmissionHeader = None,
+async def create_hold(event_id: EventId, request: Request, gw: GatewayDep, token: TokenDep,
+                      admission: AdmissionHeader = None,
                       body: Annotated[dict[str, Any], Body(openapi_examples={
                           "seats": {"value": {"seats": ["A-1-12", "A-1-13"]}},
                           "ga": {"value": {"ga": {"floor": 2}}},
                           "best": {"value": {"best": {"section": "A", "count": 4}}}})] = ...) -> Any:
     """Hold seats (`seats`), general-admission tickets (`ga`) or the best adjacent seats of a section
-    (`best`) for the event's hold time. 409 `seat_unavailable` / `sold_out`, 429 `limit_exceeded`."""
+    (`best`) for the event's hold time. 409 `seat_unavailable` / `sold_out`, 429 `limit_exceeded` (per
+    buyer) / `address_limit_exceeded` (tickets held at once from one address)."""
     buyer = await gw.gate.admitted_buyer(event_id, token, admission)
-    return await gw.holds.create(event_id, buyer, body)
+    return await gw.holds.create(event_id, buyer, body, gw.addresses.of_scope(request.scope))
 
 
 @router.delete("/holds/{hold_id}")
@@ -125,7 +150,7 @@ async def release_hold(hold_id: str, gw: GatewayDep, token: TokenDep) -> Any:
     return await gw.holds.release(hold_id, gw.gate.buyer(token))
 
 
-@router.post("/holds/{hold_id}/checkout", status_code=201, response_model=OrderView)
+@router.post("/holds/{hold_id}/checkout", status_code=201, response_model=OrderView, responses=error_responses(402))
 async def checkout(hold_id: str, gw: GatewayDep, token: TokenDep, admission: AdmissionHeader = None,
                    idempotency_key: Annotated[str | None, Header(alias="Idempotency-Key")] = None,
                    body: Annotated[dict[str, Any] | None, Body(openapi_examples={
@@ -134,5 +159,5 @@ async def checkout(hold_id: str, gw: GatewayDep, token: TokenDep, admission: Adm
     `payment_declined`, 409 `hold_expired`, 503 `payments_unavailable` with Retry-After (the hold is
     kept: retry with the same key)."""
     buyer = await gw.gate.admitted_buyer(event_of_hold(hold_id), token, admission)
-    return await gw.checkout.checkout_request(hold_id=hold_id, buyer=buyer, key=idempotency_key,
-                                              body=body if body is not None else {})
+    return _json(orjson.dumps(await gw.checkout.checkout_request(hold_id=hold_id, buyer=buyer, key=idempotency_key,
+                                                                 body=body if body is not None else {})), 201)

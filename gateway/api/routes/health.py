@@ -1,6 +1,8 @@
 """Ops endpoints: liveness and readiness.
 
-Ready means able to sell: Redis answers and the scripts are loaded. Postgres and
+Ready means able to sell: Redis answers, the scripts are loaded, and this gateway's
+secret is the one the other gateways of the same Redis prefix use (several hosts:
+gateway/core/shared_secret.py). Postgres (and its read replica, when set) and
 the payment provider are reported in the body (`degraded`), never a reason for
 503: sales go on while Postgres is down, and a load balancer must not take every
 gateway out of service exactly then.
@@ -19,6 +21,8 @@ from starlette.responses import Response
 
 from gateway.api.deps import GatewayDep
 from gateway.api.responses import OrjsonResponse
+from gateway.core.shared_secret import check_shared_secret
+from gateway.db.replica import ReplicaState
 
 router = APIRouter(tags=["ops"])
 CHECK_TIMEOUT_S = 1.0
@@ -54,17 +58,32 @@ async def readyz(gw: GatewayDep) -> Response:
         async with pool.acquire(timeout=CHECK_TIMEOUT_S) as conn:
             await conn.fetchval("SELECT 1")
 
-    redis_err, pg_err = await asyncio.gather(_check(scripts_loaded), _check(pg_ping))
+    async def replica_state() -> ReplicaState | None:
+        if not runtime.reads.configured:
+            return None
+        try:
+            return await asyncio.wait_for(runtime.reads.state(), CHECK_TIMEOUT_S)
+        except asyncio.TimeoutError:  # a replica that does not answer never slows the health check down
+            return ReplicaState(up=False, reason="replica check timed out")
+
+    redis_err, pg_err, replica = await asyncio.gather(_check(scripts_loaded), _check(pg_ping), replica_state())
     breaker = gw.payments.breaker.current_state
-    ready = redis_err is None
-    degraded = [name for name, bad in (("postgres", pg_err is not None), ("payments", breaker != "closed")) if bad]
+    # Several gateway hosts: one whose secret differs from the others' would refuse their tokens.
+    secret_err = None if redis_err else await _check(
+        lambda: check_shared_secret(runtime.redis, runtime.prefix, runtime.settings.secret_bytes))
+    ready = redis_err is None and secret_err is None
+    degraded = [name for name, bad in (("postgres", pg_err is not None), ("payments", breaker != "closed"),
+                                       ("postgres_replica", replica is not None and not replica.usable)) if bad]
     body = {
         "status": ("degraded" if degraded else "ready") if ready else "not_ready",
         "degraded": degraded,
         "checks": {
             "redis": {"ok": redis_err is None, **({"reason": redis_err} if redis_err else {})},
+            "secret": {"ok": secret_err is None, **({"reason": secret_err} if secret_err else {})},
             "postgres": {"ok": pg_err is None, **({"reason": pg_err} if pg_err else {})},
             "payments": {"ok": breaker == "closed", "breaker": breaker},
+            # The read replica of organiser lists and reports (docs/scaling.md, "Postgres"), when set.
+            **({"postgres_replica": {"ok": replica.usable, **replica.view()}} if replica is not None else {}),
         },
         "hotpath": hotpath.IMPLEMENTATION,
         "snapshot_age_s": gw.snapshots.max_age(),

@@ -1,0 +1,1 @@
+../gateway/waiting_room/verify.py
