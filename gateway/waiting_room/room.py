@@ -91,8 +91,10 @@ class WaitingRoom:
             # not from the previous second's value positions are shown against: that one trails admission
             # by one to two seconds, which short waits would show as ETAs twice too long.
             eta = view.eta(max(1, place - view.upto))
-            rel = int(now) - view.epoch
-            self.cache.saw(ev, place, rel + 1)
+            if view.epoch:  # proof of life (seconds since the queue's epoch + 1; 0 would read "never")
+                # `now` may be taken just before the queue's epoch was set (a join's clock is read before
+                # its script runs): that is second 0, not -1.
+                self.cache.saw(ev, place, max(0, int(now) - view.epoch) + 1)
             poll = self.settings.queue_poll_after_s
             if eta is not None:
                 poll = max(1.0, min(poll, eta / 2))

@@ -206,6 +206,34 @@ async def test_an_admitted_buyer_is_never_told_expired_during_a_join_spike(qclie
     assert sum(1 for a in answers if a["status"] == "admitted") >= 10  # admission moved (slow start: 20/s, doubling)
 
 
+async def test_a_poll_answered_just_before_the_queue_epoch_keeps_the_place_alive(qclient, database_url, settings):
+    """A join reads the clock before its script runs; when the queue's epoch is set in the next second
+    meanwhile, the answer is still proof of life: the place is admitted, never lost as 'stalled' (a
+    liveness of second -1 was written as 0, "never seen", and the leader skipped the buyer)."""
+    from gateway.wiring import build_gateway
+
+    event = await queue_event(qclient, database_url, rate=50)
+    buyer = await new_buyer(qclient)
+    body = await join(qclient, event["id"], buyer)  # the first join sets the queue's epoch
+    assert body["status"] == "waiting", body
+    gw = build_gateway(settings)
+    try:
+        view = await gw.queue_cache.view(event["id"])
+        assert view.epoch > 0
+        gw.room.status(view, "b", body["place"], view.epoch - 0.5)  # read the clock a moment too early
+        assert await gw.queue_cache.flush_seen() == 1
+    finally:
+        await gw.stop()
+    async with leader(settings):
+        got = await wait_for(lambda: _decided(qclient, event["id"], body["queue_token"]), timeout=10)
+    assert got["status"] == "admitted", got
+
+
+async def _decided(client, event_id: int, token: str) -> dict | None:
+    got = await poll(client, event_id, token)
+    return None if got["status"] == "waiting" else got
+
+
 async def test_the_eta_shown_at_join_is_close_to_the_actual_wait(qclient, database_url, settings):
     """Buyers joining in waves while the leader admits at 20/s are told an ETA close to the wait they
     get: the median error stays within +-25 % (the lagging measured rate alone made ETAs 5-8 times
