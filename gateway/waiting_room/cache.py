@@ -177,6 +177,7 @@ class QueueCache:
         self.prefix = settings.redis_prefix
         self.views: dict[int, QueueView] = {}
         self._load_once: SingleFlight[int, QueueView] = SingleFlight(self._load)
+        self._catching: dict[int, asyncio.Future[None]] = {}
         self.seen: dict[int, dict[int, int]] = {}
         self.modes: dict[int, tuple[bool | None, float]] = {}
         self._task: asyncio.Task | None = None
@@ -224,6 +225,19 @@ class QueueCache:
             order, places = await asyncio.to_thread(prequeue_table, seed, size)
         if (view.seed, view.pre) == (seed, size):
             view.order, view.places, view.order_of, view.opened = order, places, (seed, size), True
+
+    def catching_up(self, event_id: int) -> bool:
+        return event_id in self._catching
+
+    async def catch_up(self, view: QueueView) -> None:
+        """Refresh one view now; every poll asking while that read runs waits for the same read (an
+        answer from the copy it is replacing could show a buyer less than another worker did)."""
+        pending = self._catching.get(view.event_id)
+        if pending is None:
+            pending = asyncio.ensure_future(self.refresh([view]))
+            self._catching[view.event_id] = pending
+            pending.add_done_callback(lambda _: self._catching.pop(view.event_id, None))
+        await asyncio.shield(pending)
 
     async def refresh_all(self) -> None:
         now = time.monotonic()

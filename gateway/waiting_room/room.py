@@ -150,10 +150,14 @@ class WaitingRoom:
         behind (its refresh is late, e.g. under CPU load). Read the queue state once, then answer with
         at most the position shown before."""
         mono = time.monotonic()
-        if mono - view.caught_up_at >= CATCH_UP_S:
+        if seen == 0 or self.cache.catching_up(view.event_id) or mono - view.caught_up_at >= CATCH_UP_S:
             view.caught_up_at = mono
             try:
-                await self.cache.refresh([view])
+                await self.cache.catch_up(view)
+                if seen == 0 and view.place(n) > view.upto:
+                    # Shown admitted before: the read joined may have started before that answer; one
+                    # started now cannot miss it (the poll-rate limits bound what `seen=0` can cost).
+                    await self.cache.catch_up(view)
             except RedisError:
                 pass  # Redis away: the floor below still holds
             body = self.status(view, buyer, view.place(n), now, n)

@@ -229,6 +229,32 @@ async def test_a_poll_answered_just_before_the_queue_epoch_keeps_the_place_alive
     assert got["status"] == "admitted", got
 
 
+async def test_buyers_shown_admitted_are_never_shown_waiting_by_a_late_worker(qclient, database_url, settings):
+    """A worker whose copy of the queue is behind (its refresh is late) gets 30 polls at once from
+    buyers another worker already admitted (`seen=0`, as the buyer page sends): every answer says
+    admitted. Polls arriving while its catch-up read runs wait for that read instead of answering from
+    the old copy (which showed them 'waiting, position 1')."""
+    import asyncio
+
+    import orjson
+
+    from gateway.wiring import build_gateway
+
+    event = await queue_event(qclient, database_url, rate=200)
+    buyers = [await new_buyer(qclient) for _ in range(30)]
+    tokens = [(await join(qclient, event["id"], b))["queue_token"] for b in buyers]
+    late = build_gateway(settings.model_copy(update=RELAXED))  # not started: its copy is never refreshed
+    try:
+        await late.queue_cache.view(event["id"])  # a copy from before anyone was admitted
+        async with leader(settings):
+            assert await wait_for(lambda: _decided(qclient, event["id"], tokens[-1]), timeout=10)
+        answers = await asyncio.gather(*(late.room.poll(event["id"], t, "10.0.0.1", seen=0) for t in tokens))
+    finally:
+        await late.stop()
+    statuses = [orjson.loads(a)["status"] for a in answers]
+    assert statuses == ["admitted"] * 30, statuses
+
+
 async def _decided(client, event_id: int, token: str) -> dict | None:
     got = await poll(client, event_id, token)
     return None if got["status"] == "waiting" else got
