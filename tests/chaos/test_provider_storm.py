@@ -76,7 +76,11 @@ async def test_breaker_opens_in_a_provider_storm_and_other_routes_answer(mode, s
                 assert resp.json()["error"]["code"] == "payments_unavailable", resp.text
                 assert int(resp.headers["retry-after"]) >= 1
             await wait_breaker(client, key, event["id"], "open")
-            assert (await client.get("/readyz")).status_code == 200  # still ready to sell
+            for _ in range(4):  # still ready to sell, and every worker says the breaker is open
+                async with httpx.AsyncClient(base_url=url, timeout=10) as fresh:
+                    ready = await fresh.get("/readyz")
+                assert ready.status_code == 200, ready.text
+                assert ready.json()["checks"]["payments"]["breaker"] == "open", ready.text
             metrics = (await client.get("/metrics")).text
             assert re.search(r'flashgate_breaker_state\{breaker="payments",state="open"\} 1\.0', metrics), metrics[-3000:]
 

@@ -11,6 +11,7 @@ gateway out of service exactly then.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -66,8 +67,16 @@ async def readyz(gw: GatewayDep) -> Response:
         except asyncio.TimeoutError:  # a replica that does not answer never slows the health check down
             return ReplicaState(up=False, reason="replica check timed out")
 
-    redis_err, pg_err, replica = await asyncio.gather(_check(scripts_loaded), _check(pg_ping), replica_state())
-    breaker = gw.payments.breaker.current_state
+    async def breaker_state() -> str:
+        # The shared state, read now: this worker's copy may be up to a refresh old (another worker
+        # may have opened the breaker a moment ago). Redis away or slow: this worker's copy.
+        breaker = gw.payments.breaker
+        with contextlib.suppress(asyncio.TimeoutError):
+            await asyncio.wait_for(breaker.storage.sync(force=True), CHECK_TIMEOUT_S)
+        return breaker.current_state
+
+    redis_err, pg_err, replica, breaker = await asyncio.gather(_check(scripts_loaded), _check(pg_ping),
+                                                               replica_state(), breaker_state())
     # Several gateway hosts: one whose secret differs from the others' would refuse their tokens.
     secret_err = None if redis_err else await _check(
         lambda: check_shared_secret(runtime.redis, runtime.prefix, runtime.settings.secret_bytes))
