@@ -8,6 +8,7 @@ missing or still a development value, and names the variable.
 from __future__ import annotations
 
 import functools
+import os
 import secrets
 from pathlib import Path
 from typing import Literal
@@ -273,22 +274,40 @@ def _check_webhook_allow_list(spec: str) -> None:
 
 
 def _dev_secret(data_dir: Path) -> str:
-    """A development secret kept under the data directory, so restarts keep tokens valid."""
+    """A development secret kept under the data directory, so restarts keep tokens valid and every
+    process of this data directory signs with the same one. Written once, atomically (a link that fails
+    when another process got there first: then theirs is used). A data directory where it cannot be kept
+    is refused: each process would otherwise sign with its own secret and refuse the others' tokens."""
     path = data_dir / "dev-secret"
     try:
         value = path.read_text().strip()
         if value:
             return value
-    except OSError:
+    except FileNotFoundError:
         pass
+    except OSError as exc:
+        raise SettingsError(_dev_secret_problem(path, exc)) from None
     value = DEV_SECRET_PREFIX + secrets.token_urlsafe(32)
+    tmp = data_dir / f".dev-secret.{os.getpid()}.{secrets.token_hex(4)}"
     try:
         data_dir.mkdir(parents=True, exist_ok=True)
-        path.write_text(value)
-        path.chmod(0o600)
-    except OSError:
-        pass
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as f:
+            f.write(value)
+        try:
+            os.link(tmp, path)
+        except FileExistsError:  # another process wrote it first
+            value = path.read_text().strip()
+        finally:
+            tmp.unlink(missing_ok=True)
+    except OSError as exc:
+        raise SettingsError(_dev_secret_problem(path, exc)) from None
     return value
+
+
+def _dev_secret_problem(path: Path, exc: OSError) -> str:
+    return (f"the development secret cannot be kept in {path} ({exc.strerror or exc}): make the data directory "
+            "(FLASHGATE_DATA_DIR) writable, or set FLASHGATE_SECRET_KEY")
 
 
 @functools.lru_cache(maxsize=1)

@@ -59,10 +59,12 @@ class Unsendable(Exception):
 class Guard:
     """One provider's breaker and bulkhead."""
 
-    def __init__(self, runtime: Runtime, settings: NotifySettings, name: str, concurrency: int) -> None:
+    def __init__(self, runtime: Runtime, settings: NotifySettings, name: str, concurrency: int,
+                 timeout_s: float) -> None:
+        # The trial lease outlasts one call (its timeout + 1 s): a slow trial is not joined by a second one.
         self.breaker = SharedBreaker(name, redis=runtime.redis, key=runtime.key("breaker", name),
                                      fail_max=settings.breaker_fail_max, reset_timeout_s=settings.breaker_reset_s,
-                                     exclude=(Rejected, Unsendable))
+                                     exclude=(Rejected, Unsendable), trial_lease_s=timeout_s + 1.0)
         self.bulkhead = Bulkhead(name, concurrency, settings.acquire_timeout_s)
 
     async def run(self, fn: Any) -> Any:
@@ -76,7 +78,7 @@ class SmtpSender:
 
     def __init__(self, runtime: Runtime, settings: NotifySettings) -> None:
         self.settings = settings
-        self.guard = Guard(runtime, settings, "smtp", settings.smtp_max_concurrency)
+        self.guard = Guard(runtime, settings, "smtp", settings.smtp_max_concurrency, settings.smtp_timeout_s)
 
     def build(self, payload: dict[str, Any], nid: str) -> EmailMessage:
         try:
@@ -116,7 +118,7 @@ class SmtpSender:
         await self.guard.run(lambda: asyncio.to_thread(self._send_sync, msg))
 
     async def aclose(self) -> None:
-        pass
+        await self.guard.breaker.aclose()
 
 
 class WebhookSender:
@@ -137,7 +139,8 @@ class WebhookSender:
     def guard(self, host: str) -> Guard:
         guard = self._guards.get(host)
         if guard is None:
-            guard = Guard(self.runtime, self.settings, f"webhook:{host}", self.settings.webhook_max_concurrency)
+            guard = Guard(self.runtime, self.settings, f"webhook:{host}", self.settings.webhook_max_concurrency,
+                          self.settings.webhook_timeout_s)
             self._guards[host] = guard
             if len(self._guards) > self.MAX_HOSTS:
                 self._guards.popitem(last=False)
@@ -183,6 +186,8 @@ class WebhookSender:
         await self.guard(host).run(post)
 
     async def aclose(self) -> None:
+        for guard in self._guards.values():
+            await guard.breaker.aclose()
         await self._client.aclose()
 
 

@@ -16,6 +16,35 @@ def test_development_generates_a_stable_secret(tmp_path):
     assert a.secret_key and a.secret_key == b.secret_key and a.secret_key.startswith("dev-")
 
 
+def _dev_secret_in(data_dir: str) -> str:
+    return Settings(environment="development", data_dir=data_dir, secret_key=None).secret_key or ""
+
+
+def test_processes_starting_together_share_one_development_secret(tmp_path):
+    """Eight processes reading the settings of one fresh data directory at once all sign with the same
+    secret (the workers of `flashgate up` start together; different secrets refuse each other's tokens)."""
+    import concurrent.futures
+    import multiprocessing
+
+    for attempt in range(3):
+        data_dir = tmp_path / f"data-{attempt}"
+        with concurrent.futures.ProcessPoolExecutor(8, mp_context=multiprocessing.get_context("spawn")) as pool:
+            got = list(pool.map(_dev_secret_in, [str(data_dir)] * 8))
+        assert len(set(got)) == 1 and got[0].startswith("dev-"), got
+        assert (data_dir / "dev-secret").read_text() == got[0]
+        assert [p.name for p in data_dir.iterdir()] == ["dev-secret"]  # no temporary file left behind
+
+
+def test_a_data_directory_that_cannot_keep_the_secret_is_refused(tmp_path):
+    """Without a place to keep it, each process would make up its own secret: refused, saying what to do."""
+    blocked = tmp_path / "not-a-directory"
+    blocked.write_text("a file where the data directory should be")
+    with pytest.raises((ValidationError, ValueError)) as err:
+        Settings(environment="development", data_dir=blocked, secret_key=None)
+    assert "FLASHGATE_SECRET_KEY" in str(err.value) and "FLASHGATE_DATA_DIR" in str(err.value)
+    assert Settings(environment="development", data_dir=blocked, secret_key="s" * 40).secret_key == "s" * 40
+
+
 @pytest.mark.parametrize("secret", [None, "", "dev-abcdefghijklmnopqrstuvwxyz0123456789", "short",
                                     "test-" + secrets.token_urlsafe(32), "a" * 32, "p" * 48, "password" * 4,
                                     "abcdefghijklmnopqrstuvwxyz012345", "qwertyuiopasdfghjklzxcvbnm123456",

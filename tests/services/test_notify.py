@@ -253,3 +253,18 @@ async def test_broken_payload_goes_straight_to_dead_letters(runtime: Runtime, sm
         await eventually(lambda: _count_dead(runtime, 1))
     dead = await notify.list_dead(runtime)
     assert dead[0]["attempts"] == 1 and "bad e-mail payload" in dead[0]["last_error"]
+
+
+async def test_one_breaker_trial_at_a_time_outlasts_a_slow_call(runtime: Runtime, smtp_port: int,
+                                                                   webhooks: WebhookReceiver) -> None:
+    """A provider's half-open trial may take its whole timeout: the lease that keeps other processes
+    from sending a second trial lasts that timeout + 1 s (a 5 s default lease was as long as the call),
+    and shutting the worker down stops every breaker's background flush."""
+    settings = fast_settings(smtp_port, smtp_timeout_s=7.0, webhook_timeout_s=9.0)
+    worker = NotifyWorker(runtime, settings)
+    smtp_breaker = worker.senders["email"].guard.breaker
+    hook_breaker = worker.senders["webhook"].guard("hooks.example").breaker
+    assert smtp_breaker.trial_lease_s == 8.0 and hook_breaker.trial_lease_s == 10.0
+    await smtp_breaker.reset()  # a state change: its flush to Redis runs in the background
+    await worker.aclose()
+    assert smtp_breaker._flush_task is None and hook_breaker._flush_task is None
