@@ -72,6 +72,11 @@ def event_context(event_id: int) -> bytes:
     return b"event:%d" % event_id
 
 
+def webhook_context(org_id: int | str | None) -> bytes:
+    """The context of an organisation's sealed webhook secrets: `b"webhook:org:<id>"`."""
+    return b"webhook:org:" + str(org_id if org_id is not None else "").encode()
+
+
 class Sealer:
     """Seals and unseals small values with a key derived from the application secret."""
 

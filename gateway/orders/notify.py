@@ -13,6 +13,7 @@ Keys (all under the runtime prefix):
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import hmac
 import html
@@ -25,6 +26,7 @@ import orjson
 
 from gateway.core.config import NotifySettings
 from gateway.core.runtime import Runtime
+from gateway.core.sealing import Sealer, webhook_context
 from gateway.store.keys import notify_key
 
 Kind = Literal["email", "webhook"]
@@ -55,7 +57,9 @@ def _check(kind: str, payload: Mapping[str, Any]) -> None:
     if kind == "email":
         missing = [f for f in ("to", "subject", "text") if not payload.get(f)]
     elif kind == "webhook":
-        missing = [f for f in ("url", "secret", "event_type") if not payload.get(f)]
+        missing = [f for f in ("url", "event_type") if not payload.get(f)]
+        if not payload.get("secret") and not payload.get("sealed_secret"):
+            missing.append("secret")
         if not str(payload.get("url", "")).startswith(("http://", "https://")):
             missing.append("url (http or https)")
     else:
@@ -71,6 +75,8 @@ async def enqueue(runtime: Runtime, *, kind: Kind, payload: dict[str, Any], org_
     `org_id` scopes the message for `list_dead` / `replay_dead`.
     """
     _check(kind, payload)
+    if kind == "webhook" and payload.get("secret"):
+        payload = seal_secret(runtime, payload, org_id)
     fields = message_fields(kind=kind, payload=payload, attempt=0, nid=uuid.uuid4().hex,
                             org="" if org_id is None else str(org_id))
     entry_id = await runtime.redis.xadd(stream_key(runtime), fields)
@@ -99,6 +105,23 @@ def order_confirmation_email(*, to: str, order_id: str, event_name: str,
             "html": body_html, "qr_codes": [t["code"] for t in tickets]}
 
 
+def seal_secret(runtime: Runtime, payload: Mapping[str, Any], org_id: int | str | None) -> dict[str, Any]:
+    """The webhook payload as it is queued: the signing secret sealed for the organisation (a Redis dump,
+    replica or backup of the notification stream must not let anyone sign webhooks in its name)."""
+    out = {k: v for k, v in payload.items() if k != "secret"}
+    blob = runtime.sealer.seal(str(payload["secret"]).encode(), context=webhook_context(org_id))
+    out["sealed_secret"] = base64.b64encode(blob).decode()
+    return out
+
+
+def open_secret(sealer: Sealer, payload: Mapping[str, Any], org_id: str) -> str:
+    """The signing secret of a queued webhook payload (sealed by `enqueue`; a plain one from before)."""
+    if "sealed_secret" in payload:
+        blob = base64.b64decode(str(payload["sealed_secret"]), validate=True)
+        return sealer.unseal(blob, context=webhook_context(org_id)).decode()
+    return str(payload["secret"])
+
+
 def sign_webhook(secret: str | bytes, timestamp: int, body: bytes) -> str:
     """The signature header value: `t=<unix seconds>,v1=<hex HMAC-SHA256(secret, "<t>." + body)>`."""
     key = secret.encode() if isinstance(secret, str) else secret
@@ -123,7 +146,8 @@ def verify_webhook(secret: str | bytes, header: str, body: bytes, *, tolerance_s
 def _decode_entry(entry_id: bytes | str, fields: Mapping[bytes, bytes]) -> dict[str, Any]:
     data = {k.decode(): v for k, v in fields.items()}
     payload = orjson.loads(data.get("payload", b"{}"))
-    if isinstance(payload, dict) and "secret" in payload:
+    if isinstance(payload, dict) and ("secret" in payload or "sealed_secret" in payload):
+        payload.pop("sealed_secret", None)  # shown as it was given, masked
         payload["secret"] = "***"
     return {"id": entry_id.decode() if isinstance(entry_id, bytes) else entry_id,
             "kind": data.get("kind", b"").decode(), "payload": payload,

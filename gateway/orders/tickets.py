@@ -67,7 +67,8 @@ async def event_info(redis: Any, prefix: str, event_id: int, cache: dict[int, Ev
     info = EventInfo(event_id=event_id, name=raw[b"name"].decode(), organisation_id=int(raw[b"organisation_id"]),
                      private_key=sealer.unseal(raw[b"signing_private"], context=event_context(event_id)), public_key=raw[b"signing_public"],
                      webhook_url=raw.get(b"webhook_url", b"").decode(),
-                     webhook_secret=raw.get(b"webhook_secret", b"").decode())
+                     webhook_secret=(sealer.unseal(raw[b"webhook_sealed"], context=event_context(event_id) + b":webhook").decode()
+                                     if raw.get(b"webhook_sealed") else raw.get(b"webhook_secret", b"").decode()))
     if cache is not None:
         cache[event_id] = info
     return info

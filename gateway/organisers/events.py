@@ -255,12 +255,17 @@ async def change_status(pool: asyncpg.Pool, *, redis: Redis, scripts: Scripts, p
                 hold_ttl_s=row["hold_ttl_s"], per_buyer_limit=row["per_buyer_limit"],
                 checkout_s=CHECKOUT_WINDOW_S, ga={c: t.capacity for c, t in layout.ga.items()})
             await redis.set(event_key(prefix, event_id, "layout"), layout.to_json())
-            # What checkout needs without Postgres: the event's name, owner and ticket-signing key
-            # (sealed: a Redis dump must not let anyone mint tickets).
-            await redis.hset(event_key(prefix, event_id, "info"), mapping={
+            # What checkout needs without Postgres: the event's name, owner, ticket-signing key and webhook
+            # (the key and the webhook's secret sealed: a Redis dump must not let anyone mint tickets or
+            # sign webhooks in the organiser's name).
+            secret = _webhook(row).get("secret", "")
+            info_key = event_key(prefix, event_id, "info")
+            await redis.hset(info_key, mapping={
                 "name": row["name"], "organisation_id": row["organisation_id"],
-                "signing_private": sealer.seal(row["signing_private_key"], context=event_context(event_id)), "signing_public": row["signing_public_key"],
-                "webhook_url": _webhook(row).get("url", ""), "webhook_secret": _webhook(row).get("secret", "")})
+                "signing_private": sealer.seal(row["signing_private_key"], context=event_context(event_id)),
+                "signing_public": row["signing_public_key"], "webhook_url": _webhook(row).get("url", ""),
+                "webhook_sealed": sealer.seal(secret.encode(), context=event_context(event_id) + b":webhook") if secret else ""})
+            await redis.hdel(info_key, "webhook_secret")  # a clear copy written by an earlier version
             await ensure_ledger_group(redis, prefix, event_id)
             await redis.hset(event_key(prefix, event_id, "meta"), mapping={
                 "queue_mode": int(row["queue_mode"]), "admission_rate": row["admission_rate"],

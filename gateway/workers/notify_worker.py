@@ -37,8 +37,9 @@ from gateway.core.runtime import Runtime
 from gateway.providers.breaker import BreakerOpen, SharedBreaker
 from gateway.providers.bulkhead import Bulkhead, BulkheadFull
 from gateway.providers.egress import DestinationRefused, EgressPolicy, pinned_url
-from gateway.orders.notify import (SIGNATURE_HEADER, NotifySettings, dead_key, message_fields, retry_key, sign_webhook,
-                                     stream_key)
+from gateway.core.sealing import SealError
+from gateway.orders.notify import (SIGNATURE_HEADER, NotifySettings, dead_key, message_fields, open_secret, retry_key,
+                                   sign_webhook, stream_key)
 
 log = logging.getLogger(__name__)
 GROUP = "notify"
@@ -279,6 +280,11 @@ class NotifyWorker:
                 payload = orjson.loads(fields[b"payload"])
             except (KeyError, orjson.JSONDecodeError):
                 raise Unsendable("payload is not JSON") from None
+            if kind == "webhook" and isinstance(payload, dict):
+                try:  # the secret is queued sealed (notify.seal_secret): opened here, kept in memory only
+                    payload["secret"] = open_secret(self.runtime.sealer, payload, fields.get(b"org", b"").decode())
+                except (SealError, ValueError, KeyError):
+                    raise Unsendable("webhook secret cannot be opened (sealed with another secret key?)") from None
             await sender.send(payload, nid)
         except Unsendable as exc:
             return await self._dead(entry_id, fields, attempt, str(exc))

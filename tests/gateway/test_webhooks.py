@@ -108,3 +108,31 @@ async def test_dead_letters_are_listed_and_replayed_per_organisation(app, client
     assert await dead() == []
     bad = await client.get("/v1/notifications/dead?limit=0", headers=auth(key))
     assert bad.status_code == 422
+
+
+async def test_redis_never_holds_a_webhook_secret_in_clear(app, client, database_url, sim, redis_sync):
+    """After a sale queued its webhook (and before any worker sent it), no Redis key holds the organiser's
+    webhook secret: the event's info and the notification stream carry it sealed, and the worker still
+    signs with it. A Redis dump, replica or backup cannot sign webhooks in the organiser's name."""
+    _, key = await new_org(database_url)
+    runtime = app.gateway.runtime
+    with WebhookReceiver() as hooks:
+        await sell_one(client, key, hooks.url)
+        prefix = runtime.prefix.encode()
+        leaks = []
+        for name in redis_sync.scan_iter(match=prefix + b"*", count=1000):
+            kind = redis_sync.type(name)
+            if kind == b"hash":
+                values = list(redis_sync.hgetall(name).values())
+            elif kind == b"stream":
+                values = [v for _, fields in redis_sync.xrange(name) for v in fields.values()]
+            elif kind == b"string":
+                values = [redis_sync.get(name) or b""]
+            else:
+                continue
+            leaks += [name for v in values if SECRET.encode() in v]
+        assert not leaks, leaks
+        async with notify_worker(runtime):
+            await eventually(lambda: len(hooks.requests) >= 1)
+        headers, body = hooks.requests[0]
+        assert notify.verify_webhook(SECRET, headers["x-flashgate-signature"], body)

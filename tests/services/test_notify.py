@@ -215,9 +215,27 @@ async def test_replay_selected_ids_and_secrets_are_masked(runtime: Runtime, smtp
     assert len(dead) == 2 and all(d["payload"]["secret"] == "***" for d in dead)
     assert await notify.replay_dead(runtime, ids=[dead[0]["id"], "0-1"]) == 1
     assert len(await notify.list_dead(runtime)) == 2
-    # The replayed message kept its real secret.
+    # The replayed message kept its secret, sealed (never in clear in Redis), and it still opens.
     entries = await runtime.redis.xrange(notify.stream_key(runtime))
-    assert orjson.loads(entries[0][1][b"payload"])["secret"] == "topsecret"
+    queued = orjson.loads(entries[0][1][b"payload"])
+    assert "secret" not in queued and b"topsecret" not in entries[0][1][b"payload"]
+    assert notify.open_secret(runtime.sealer, queued, entries[0][1][b"org"].decode()) == "topsecret"
+
+
+async def test_a_webhook_secret_sealed_for_another_organisation_is_not_sent(runtime: Runtime, smtp_port: int,
+                                                                          webhooks: WebhookReceiver) -> None:
+    """A queued webhook whose sealed secret was made for another organisation (copied between entries)
+    does not open: it goes to the dead letters unsent, never signed with a secret it does not own."""
+    await notify.enqueue(runtime, kind="webhook", org_id=7, payload={"url": webhooks.url, "secret": "org-7-secret",
+                                                                      "event_type": "t", "body": {}})
+    entry_id, fields = (await runtime.redis.xrange(notify.stream_key(runtime)))[-1]
+    await runtime.redis.xdel(notify.stream_key(runtime), entry_id)
+    await runtime.redis.xadd(notify.stream_key(runtime), {**fields, b"org": b"8"})  # moved to organisation 8
+    async with running_worker(runtime, fast_settings(smtp_port)):
+        await eventually(lambda: _count_dead(runtime, 1))
+    dead = await notify.list_dead(runtime)
+    assert "cannot be opened" in dead[0]["last_error"] and dead[0]["payload"]["secret"] == "***"
+    assert webhooks.requests == []
 
 
 async def test_enqueue_never_waits_for_delivery(runtime: Runtime) -> None:
