@@ -130,6 +130,7 @@ def test_wheel_ships_resources_and_both_hotpath_implementations(wheel: Path) -> 
             "hotpath/__init__.py", "hotpath/_snapshot_py.py", "hotpath/_layout.py"} <= names
     assert {f"gateway/static/{p.name}" for p in (REPO / "gateway" / "static").iterdir() if p.is_file()} <= names
     assert not any(name.startswith(("lua/", "migrations/", "tests/")) for name in names)
+    assert not any(name.endswith(".c") for name in names)  # Cython's generated C stays out (1.7 MB)
 
 
 def test_installed_copy_migrates_and_holds(venv: Path, wheel: Path, tmp_path: Path, redis_server_url: str,
