@@ -70,7 +70,9 @@ if redis.call('HSETNX', K_STATE, 'epoch', now_s) == 1 then
   redis.call('HSET', K_STATE, 'seq', 0, 'upto', 0, 'last', now_s * 1000)
 end
 local s = redis.call('HMGET', K_STATE, 'epoch', 'opened', 'pre', 'seed', 'upto', 'sold_out')
-if status == 'on_sale' and not s[2] then
+-- The queue opens at the first join on sale, or at once without a pre-queue to shuffle (no seed): a
+-- join while the event is paused before it ever opened is an ordinary place, kept alive by its polls.
+if not s[2] and (status == 'on_sale' or (redis.call('GET', K_SEED) or '') == '') then
   freeze_prequeue(K_STATE, K_SEED, now_s, now_s * 1000)
   s = redis.call('HMGET', K_STATE, 'epoch', 'opened', 'pre', 'seed', 'upto', 'sold_out')
 end

@@ -212,6 +212,10 @@ class ApiKeys:
         self.failures = hotpath.TokenBucketTable(s.api_key_fail_per_ip_per_min / 60.0, s.api_key_fail_burst,
                                                  FAIL_TABLE_SIZE)
         self._cache: dict[str, tuple[Caller, float]] = {}
+        # Keys this worker checked before its cache was emptied (a revocation somewhere) or expired: they
+        # are checked again in Postgres without the per-address failure limit, so a flood of bad keys
+        # from an address does not lock out the good key this worker already knew there.
+        self._known: set[str] = set()
         self._version: bytes | None = None
 
     async def authenticate(self, api_key: str | None, address: str) -> Caller:
@@ -229,28 +233,37 @@ class ApiKeys:
         except RedisError:
             version, failed, online = None, None, False
         if online and (version or b"0") != self._version:
-            self._cache.clear()  # a key was revoked somewhere (or Redis lost the counter): check again
+            # A key was revoked somewhere (or Redis lost the counter): check every key again.
+            self._forget_all()
             self._version = version or b"0"
         mono = time.monotonic()
         hit = self._cache.get(api_key)
         if hit is not None and mono - hit[1] < (API_KEY_CACHE_S if online else OFFLINE_TRUST_S):
             return hit[0]
-        # Not known here: a Postgres lookup, unless this address already failed too often.
-        wait = self.failures.retry_after(address, now)
-        if wait > 0:
-            raise too_many_failures(wait)
-        if failed is not None and int(failed) >= self.fail_per_min:
-            raise too_many_failures(60 - now % 60)
+        known = hit is not None or api_key in self._known
+        if not known:  # a Postgres lookup, unless this address already failed too often
+            wait = self.failures.retry_after(address, now)
+            if wait > 0:
+                raise too_many_failures(wait)
+            if failed is not None and int(failed) >= self.fail_per_min:
+                raise too_many_failures(60 - now % 60)
         caller = None
         if api_key.startswith(KEY_PREFIX) and len(api_key) == KEY_LENGTH:
             caller = await caller_for_key(await rt.pg(), api_key=api_key)
+        self._known.discard(api_key)  # checked once more without the limit, never twice
         if caller is None:
             await self._failed(address, now, window)
             raise unauthorized("This API key is not valid.")
         if len(self._cache) > API_KEY_CACHE_MAX:
-            self._cache.clear()
+            self._forget_all()
         self._cache[api_key] = (caller, mono)
         return caller
+
+    def _forget_all(self) -> None:
+        self._known.update(self._cache)
+        if len(self._known) > API_KEY_CACHE_MAX:
+            self._known.clear()
+        self._cache.clear()
 
     async def _failed(self, address: str, now: float, window: int) -> None:
         self.failures.allow(address, now)
@@ -277,7 +290,7 @@ class ApiKeys:
         """Revoke a key; every worker stops accepting it with its next request."""
         view = await revoke_key(await self.runtime.pg(), organisation_id=organisation_id, key_id=key_id)
         await announce_revocation(self.runtime)
-        self._cache.clear()
+        self._forget_all()
         return view
 
 

@@ -167,8 +167,8 @@ class LedgerWriter:
             cols = list(zip(*self.orders))
             await self.conn.execute(
                 """INSERT INTO orders (id, event_id, hold_id, buyer, email, status, total_minor, currency,
-                                       idempotency_key, paid_at)
-                   SELECT i, e, h, b, m, s, t, c, k, to_timestamp(a / 1000.0)
+                                       idempotency_key, paid_at, created_at)
+                   SELECT i, e, h, b, m, s, t, c, k, to_timestamp(a / 1000.0), to_timestamp(a / 1000.0)
                    FROM unnest($1::text[]::uuid[], $2::bigint[], $3::text[], $4::text[], $5::text[],
                                $6::text[], $7::bigint[], $8::text[], $9::text[], $10::float8[])
                         AS u(i, e, h, b, m, s, t, c, k, a)

@@ -180,6 +180,28 @@ async def test_failed_key_checks_are_limited_per_address(settings, database_url)
         assert wrong.status_code == 401
 
 
+async def test_a_revocation_does_not_lock_out_the_good_key_of_a_flooded_address(settings, database_url):
+    """From one address: the admin works with its key, revokes another key, and that revoked key is then
+    tried until the address is over its failed-check limit. The admin key, which this worker knew before
+    the revocation emptied its cache, keeps working from there (it was refused 429 for a second or two)."""
+    _, admin = await new_org(database_url)
+    office = _address()
+    async with app_client(settings, api_key_fail_burst=3, api_key_fail_per_ip_per_min=6) as client:
+        doomed = await _key(client, admin, "sales")
+        assert (await client.get("/v1/events", headers=from_address(auth(doomed["key"]), office))).status_code == 200
+        assert (await client.get("/v1/events", headers=from_address(auth(admin), office))).status_code == 200
+        revoked = await client.delete(f"/v1/keys/{doomed['id']}", headers=from_address(auth(admin), office))
+        assert revoked.status_code == 200, revoked.text
+        statuses = [(await client.get("/v1/events", headers=from_address(auth(doomed["key"]), office))).status_code
+                    for _ in range(8)]
+        assert statuses[:3] == [401] * 3 and statuses[-1] == 429, statuses
+        for _ in range(5):
+            assert (await client.get("/v1/events", headers=from_address(auth(admin), office))).status_code == 200
+        # a key this worker never saw is still not looked up from that address
+        fresh = await _key(client, admin, "sales")
+        assert (await client.get("/v1/events", headers=from_address(auth(fresh["key"]), office))).status_code == 429
+
+
 async def test_the_per_minute_limit_is_shared_by_workers(settings, database_url):
     _, admin = await new_org(database_url)
     attacker = _address()

@@ -138,3 +138,31 @@ async def test_admission_patch_validation_and_stats(qclient, database_url):
     assert resp.status_code == 404
     resp = await qclient.get(f"/v1/events/{event['id']}/stats", headers=h)
     assert resp.status_code == 200 and set(resp.json()) >= {"event_id", "queue"}
+
+
+async def test_buyers_who_join_while_the_event_is_paused_before_its_queue_opened_keep_their_places(
+        qclient, database_url, settings):
+    """An event paused right after opening (before its waiting room's first tick): buyers who join
+    meanwhile are told 'waiting' with a place (nothing to shuffle: no pre-queue was set), keep polling,
+    and are admitted in join order once the event opens again (they were lost as 'stalled' before)."""
+    import asyncio
+
+
+    event = await queue_event(qclient, database_url, rate=50, ga={"floor": 10})
+    organiser = auth(event["api_key"])
+    assert (await qclient.post(f"/v1/events/{event['id']}/pause", headers=organiser)).status_code == 200
+    joined = [await join(qclient, event["id"], await new_buyer(qclient)) for _ in range(3)]
+    assert [j["status"] for j in joined] == ["waiting"] * 3, joined
+    assert [j["position"] for j in joined] == [1, 2, 3], joined
+    async with leader(settings):
+        await asyncio.sleep(0.5)
+        paused = [await poll(qclient, event["id"], j["queue_token"]) for j in joined]
+        assert [p["status"] for p in paused] == ["waiting"] * 3 and paused[0]["paused"] == "event_paused", paused
+        assert (await qclient.post(f"/v1/events/{event['id']}/open", headers=organiser)).status_code == 200
+
+        async def all_decided():
+            got = [await poll(qclient, event["id"], j["queue_token"]) for j in joined]
+            return got if all(g["status"] != "waiting" for g in got) else None
+
+        decided = await wait_for(all_decided, timeout=10)
+    assert decided and [d["status"] for d in decided] == ["admitted"] * 3, decided

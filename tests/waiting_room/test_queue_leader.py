@@ -95,7 +95,8 @@ async def test_backpressure_slows_stops_and_recovers(qclient, database_url, sett
                 await inventory.release(scripts=scripts, prefix=prefix, event_id=event["id"],
                                         hold_id=f"{event['id']}-bp{i}", buyer=f"bp{i}")
             assert await wait_for(lambda: _upto_above(qclient, event, stopped)), "admission did not recover"
-            assert (await stats(qclient, event))["backpressure"]["factor"] == 1
+            # (admission may restart at half speed from a tick taken while the holds were being released)
+            assert await wait_for(lambda: _factor(qclient, event, 1.0)), "back to full speed"
     finally:
         await redis.aclose()
 
