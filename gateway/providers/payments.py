@@ -11,8 +11,10 @@
    while the budget lasts; a 429 slows the limiter and is retried after its Retry-After, never
    counted as a fault. Declines are answers: never retried, never counted.
 `authorize(capture=True)` is a one-step charge (checkout's default, `FLASHGATE_PAYMENTS_CAPTURE_ON_AUTHORIZE`):
-one round trip per purchase instead of two. All three operations carry an idempotency key, so a retry cannot charge twice. `find` (checkout
-recovery, off the purchase path) reads what an authorize call did and changes nothing.
+one round trip per purchase instead of two. Every operation that changes a payment carries an idempotency key,
+so a retry cannot charge twice. `void` cancels an authorization that was never captured (two-step checkouts that
+cannot complete). `find` (checkout recovery, off the purchase path) reads what an authorize call did and changes
+nothing.
 """
 
 from __future__ import annotations
@@ -42,7 +44,7 @@ T = TypeVar("T")
 @dataclass(frozen=True)
 class PaymentResult:
     payment_id: str
-    status: str  # "authorized" | "captured" | "refunded"
+    status: str  # "authorized" | "captured" | "refunded" | "voided"
     amount_minor: int
     currency: str
     refund_id: str | None = None
@@ -133,6 +135,11 @@ class PaymentProvider(Protocol):
     async def capture(self, *, idempotency_key: str, payment_id: str, amount_minor: int) -> PaymentResult: ...
 
     async def refund(self, *, idempotency_key: str, payment_id: str, amount_minor: int) -> PaymentResult: ...
+
+    async def void(self, *, idempotency_key: str, payment_id: str) -> PaymentResult:
+        """Cancel an authorization nothing was captured from (status `voided`): the buyer's funds are
+        released and it can no longer be captured. PaymentRejected if the payment is not `authorized`."""
+        ...
 
     async def find(self, *, idempotency_key: str) -> PaymentResult | None:
         """The payment the authorize call with this idempotency key created, in its current state
@@ -232,6 +239,10 @@ class SimulatorProvider:
         return PaymentResult(data["id"], data["status"], data["amount_minor"], data["currency"],
                              refund_id=data["refund_id"])
 
+    async def void(self, *, idempotency_key: str, payment_id: str) -> PaymentResult:
+        data = await self._post(f"/v1/payments/{payment_id}/void", idempotency_key, {})
+        return PaymentResult(data["id"], data["status"], data["amount_minor"], data["currency"])
+
     async def find(self, *, idempotency_key: str) -> PaymentResult | None:
         try:
             data = await self._send("GET", "/v1/payments", params={"idempotency_key": idempotency_key})
@@ -324,6 +335,10 @@ class GuardedProvider:
                      deadline: float | None = None) -> PaymentResult:
         return await self._run(lambda: self.inner.refund(idempotency_key=idempotency_key, payment_id=payment_id,
                                                          amount_minor=amount_minor), deadline)
+
+    async def void(self, *, idempotency_key: str, payment_id: str, deadline: float | None = None) -> PaymentResult:
+        return await self._run(lambda: self.inner.void(idempotency_key=idempotency_key, payment_id=payment_id),
+                               deadline)
 
     async def find(self, *, idempotency_key: str, deadline: float | None = None) -> PaymentResult | None:
         """Off the purchase path (checkout recovery), under the same guards as the other calls."""

@@ -24,6 +24,10 @@ Rules, in the order a call meets them:
   `failure_rate` while the storm lasts) -> 503, not remembered, so a retry with the key may succeed;
 - then the operation; a `reference` containing `decline`, or a draw under `decline_rate`, declines.
 
+`POST /v1/payments/{id}/void` cancels an authorization that was never captured (status `voided`; a
+voided payment can be neither captured nor refunded; a captured, refunded, declined or voided one cannot
+be voided: 409 `invalid_state`). It takes an Idempotency-Key and meets the same rules as a refund.
+
 `GET /v1/payments?idempotency_key=<key>` finds the payment an authorize call with that key created,
 with its current state (404: none was created; 409 while that call still runs); it takes no key of its
 own and meets the same rules (down, rate limit, latency, failures).
@@ -271,6 +275,14 @@ local function execute()
         else
           p.status, p.captured_minor = 'captured', amt
           status, body = 200, cjson.encode({id = p.id, status = 'captured', amount_minor = amt, currency = p.currency})
+        end
+      elseif kind == 'void' then  -- cancel an authorization nothing was captured from
+        if p.status ~= 'authorized' then
+          status, body = 409, err('invalid_state', 'cannot void a ' .. p.status .. ' payment')
+        else
+          p.status = 'voided'
+          status, body = 200, cjson.encode({id = p.id, status = 'voided', amount_minor = p.amount_minor,
+                                            currency = p.currency})
         end
       else -- refund
         local left = p.captured_minor - p.refunded_minor
@@ -622,6 +634,12 @@ class MemoryStore:
             p["status"], p["captured_minor"] = "captured", amount
             return 200, orjson.dumps({"id": p["id"], "status": "captured", "amount_minor": amount,
                                       "currency": p["currency"]})
+        if c.kind == "void":  # cancel an authorization nothing was captured from
+            if p["status"] != "authorized":
+                return 409, _err("invalid_state", f"cannot void a {p['status']} payment")
+            p["status"] = "voided"
+            return 200, orjson.dumps({"id": p["id"], "status": "voided", "amount_minor": p["amount_minor"],
+                                      "currency": p["currency"]})
         left = p["captured_minor"] - p["refunded_minor"]
         amount = c.amount or left
         if p["status"] not in ("captured", "refunded") or not 0 < amount <= left:
@@ -796,7 +814,7 @@ def create_app(config: SimConfig | None = None, *, redis_url: str | None = None,
                     return await api(scope, receive, send, "get", rest)
             else:
                 payment_id, _, action = rest.partition("/")
-                if action in ("capture", "refund") and payment_id:
+                if action in ("capture", "refund", "void") and payment_id:
                     if method == "POST":
                         return await api(scope, receive, send, action, payment_id)
                 else:

@@ -5,7 +5,9 @@ confirm (Lua: held -> sold + ledger entry) -> tickets. The order id is derived f
 (event, hold, buyer, key), and every provider call carries an idempotency key derived
 from the order id, so a retry, or a second process taking over a crashed attempt,
 repeats the same calls and gets the same answers. A payment taken for a hold that can
-no longer be confirmed is refunded at once and the refund is recorded in the ledger.
+no longer be confirmed is refunded at once and the refund is recorded in the ledger. With
+two-step payments, an authorization whose capture is refused for good is voided at once, and
+one whose checkout died before its capture is voided by recovery once the hold is gone.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ import asyncio
 import hashlib
 import logging
 import os
+import re
 import time
 from typing import Any
 
@@ -37,6 +40,7 @@ from gateway.orders.tickets import event_info, order_id_for, order_page_link, or
 from gateway.store.keys import checkout_lock, checkout_records, event_key, event_keys, ledger_dirty_set, qkey
 
 log = logging.getLogger("flashgate.checkout")
+PAYMENT_METHOD = re.compile(r"[a-z][a-z0-9_-]{0,31}")
 
 # The attempt lock only spares a concurrent retry the same work (every provider call carries a key derived
 # from the order id, and confirm is idempotent), so it lasts about one attempt's budget: authorize and capture
@@ -105,6 +109,19 @@ async def refund_orphan(*, redis: Redis, provider: PaymentProvider, prefix: str,
     log.info("payment refunded: hold could not be confirmed", extra=entry)
 
 
+async def void_authorization(provider: PaymentProvider, *, order_id: str, payment_id: str) -> bool:
+    """Best effort: cancel the order's authorization that will never be captured, so the buyer's funds
+    are released now rather than when the authorization lapses. The key is derived from the order id,
+    so a repeat never acts twice. Returns whether it is voided; a failure is logged, never raised."""
+    try:
+        await provider.void(idempotency_key=f"{order_id}:void", payment_id=payment_id)
+        return True
+    except Exception as exc:  # the buyer's answer does not depend on it; the authorization lapses instead
+        log.warning("authorization not voided; it lapses at the provider",
+                    extra={"order_id": order_id, "payment_id": payment_id, "error": repr(exc)})
+        return False
+
+
 class Checkout:
     """Per-process checkout service (holds the provider and small caches)."""
 
@@ -135,6 +152,11 @@ class Checkout:
         if email is not None and (not isinstance(email, str) or "@" not in email or len(email) > 254):
             raise DomainError("validation_error", "`email` must be an e-mail address.", details={"email": email},
                               status=422)
+        method = body.get("payment_method")
+        if method is not None and (not isinstance(method, str) or not PAYMENT_METHOD.fullmatch(method)):
+            # It goes to the provider (in the payment's reference): never anything but a short name.
+            raise DomainError("validation_error", "`payment_method` must be a short name such as \"card\" "
+                              "(1-32 lower-case letters, digits, '_' or '-', starting with a letter).", status=422)
         return await self.checkout(event_id=event_of_hold(hold_id), hold_id=hold_id, buyer=buyer, key=key, body=body)
 
     async def checkout(self, *, event_id: int, hold_id: str, buyer: str, key: str, body: dict[str, Any]
@@ -193,6 +215,7 @@ class Checkout:
         amount = order_total(layout, hold.get("seats") or [], hold.get("ga") or {})
         method = str(body.get("payment_method") or "card")
         provider_name = self.provider.name
+        authorized: str | None = None  # an authorization not captured yet (two steps)
         try:
             if amount == 0:
                 # Free tickets need no payment: no provider call (providers refuse an amount of 0), and the
@@ -204,6 +227,7 @@ class Checkout:
                                                      capture=self.capture_on_authorize)
                 payment_id = auth.payment_id
                 if auth.status != "captured":  # two steps (configured, or a provider that only authorized)
+                    authorized = auth.payment_id
                     payment_id = (await self.provider.capture(idempotency_key=f"{order_id}:capture",
                                                               payment_id=auth.payment_id,
                                                               amount_minor=amount)).payment_id
@@ -211,6 +235,11 @@ class Checkout:
             err = exc.to_domain()
             # A declined card, or a request the provider refuses as such, is the key's answer; an outage is not.
             final = isinstance(exc, (PaymentDeclined, PaymentRejected))
+            if final and authorized is not None:
+                # The capture was refused for good: the authorization will never be captured; release it.
+                # (After an outage the record stays `started`: a retry with the key captures it, or recovery
+                # voids it once the hold is gone.)
+                await void_authorization(self.provider, order_id=order_id, payment_id=authorized)
             await self.scripts.call("checkout_abort", keys, [
                 hold_id, buyer, key, field, token,
                 orjson.dumps({"code": err.code, "message": err.message, "details": err.details}) if final else ""])
@@ -351,9 +380,10 @@ class CheckoutRecovery:
         """A `started` record whose attempt is over (the caller holds its lock): once its hold can no longer
         be paid with this key (gone, or paying with another key), ask the provider what the attempt did.
         Captured: refund it (`refund_orphan`, with its ledger entry). Authorized only: nothing is taken; the
-        authorization is left to lapse at the provider (capturing it to refund it would charge the buyer
-        for nothing). Nothing there: nothing was taken. The key then answers its refusal. Returns 1 if
-        refunded."""
+        authorization is voided (never captured to be refunded, which would charge the buyer for nothing);
+        if the provider is unavailable the record stays and the next pass asks again; a void the provider
+        refuses leaves the authorization to lapse. Nothing there: nothing was taken. The key then answers
+        its refusal. Returns 1 if refunded."""
         hold_id, order_id = rec.get("hold_id"), rec["order_id"]
         if not hold_id:
             return 0  # written before records named their hold: left for a retry with the key
@@ -363,6 +393,7 @@ class CheckoutRecovery:
             name = field.decode() if isinstance(field, bytes) else field
             if hold.get("st") != "paying" or name == f"{hold.get('b')}|{hold.get('k')}":
                 return 0  # held again, or still paying with this key: a retry with the key may finish it
+        voided = False
         try:
             found = await self.provider.find(idempotency_key=f"{order_id}:authorize")
             taken = found is not None and found.status in ("captured", "refunded")
@@ -370,6 +401,13 @@ class CheckoutRecovery:
                 await refund_orphan(redis=self.redis, provider=self.provider, prefix=self.prefix, event_id=event_id,
                                     order_id=order_id, hold_id=hold_id, payment_id=found.payment_id,
                                     amount=found.amount_minor, currency=found.currency, reason="checkout_interrupted")
+            elif found is not None and found.status == "authorized":
+                try:
+                    await self.provider.void(idempotency_key=f"{order_id}:void", payment_id=found.payment_id)
+                    voided = True
+                except PaymentRejected as exc:  # refused for good (e.g. already lapsed): nothing to release
+                    log.warning("authorization not voided; it lapses at the provider",
+                                extra={"order_id": order_id, "error": repr(exc)})
         except (ProviderUnavailable, PaymentRejected) as exc:
             log.warning("interrupted checkout not settled yet", extra={"order_id": order_id, "error": repr(exc)})
             return 0  # the next pass asks again
@@ -382,5 +420,6 @@ class CheckoutRecovery:
         rec.update(state="failed", error={"code": code, "message": message, "details": details})
         await self.redis.hset(records, field, orjson.dumps(rec))
         log.info("interrupted checkout settled", extra={"order_id": order_id, "hold_id": hold_id,
-                                                        "payment": found.status if found else None})
+                                                        "payment": "voided" if voided else
+                                                        found.status if found else None})
         return 1 if taken else 0

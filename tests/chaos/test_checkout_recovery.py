@@ -4,7 +4,9 @@ A real gateway (granian, 2 workers), the real simulator with slow captures and a
 worker serving the checkout dies while the one-step charge is at the provider, before the paid record: the key's record stays
 `started` and Postgres never hears of the payment. A buyer who retries with the same key gets the order
 and nothing is refunded; a buyer who never comes back gets the money back, once, when the hold is gone,
-and the audit is clean either way."""
+and the audit is clean either way. With two-step payments (authorize, then capture), a checkout that
+dies before its capture took the money leaves an authorization only: recovery voids it once the hold is
+gone, and nothing is charged or refunded."""
 
 from __future__ import annotations
 
@@ -44,6 +46,17 @@ def gateway(settings: Settings, tmp_root: Path, payment_simulator: str) -> Async
 
 
 @pytest.fixture
+def two_step_gateway(settings: Settings, tmp_root: Path, payment_simulator: str,
+                     monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[str]:
+    """As `gateway`, with checkout paying in two steps (FLASHGATE_PAYMENTS_CAPTURE_ON_AUTHORIZE=false)."""
+    monkeypatch.setenv("FLASHGATE_PAYMENTS_CAPTURE_ON_AUTHORIZE", "false")
+    logs = tmp_root / "checkout-recovery-two-step"
+    logs.mkdir(exist_ok=True)
+    with start_gateway(settings, logs, workers=2) as url, start_worker(settings, "ledger", logs):
+        yield url
+
+
+@pytest.fixture
 async def runtime(settings: Settings) -> AsyncIterator[Runtime]:
     rt = Runtime.from_settings(settings)
     yield rt
@@ -72,11 +85,12 @@ def serving_worker(port: int) -> int:
 
 
 async def checkout_killed_mid_capture(url: str, api_key: str, sim: httpx.Client, key: str, runtime: Runtime, *,
-                                      hold_ttl_s: int = 600, window_ms: int | None = None
+                                      hold_ttl_s: int = 600, window_ms: int | None = None, two_step: bool = False
                                       ) -> tuple[int, str, dict[str, str]]:
     """An event (holds of `hold_ttl_s`, kept `window_ms` once paying if given), a buyer's hold, and its
     checkout whose worker is killed while the charge (authorize with capture) is at the provider. Returns (event id, hold id, the
-    buyer's headers)."""
+    buyer's headers). `two_step` (a gateway paying in two steps): the worker is killed while the capture
+    is at the provider, and that capture then fails there (a 503), so the authorization is all that is left."""
     sim.put("/_config", json={"capture_latency_ms": 1500}).raise_for_status()
     port = int(url.rsplit(":", 1)[1])
     async with httpx.AsyncClient(base_url=url, timeout=10) as client, \
@@ -94,9 +108,12 @@ async def checkout_killed_mid_capture(url: str, api_key: str, sim: httpx.Client,
         headers = {**auth(token), "Idempotency-Key": key}
         paying = asyncio.create_task(buyer_client.post(f"/v1/holds/{hold_id}/checkout", json={}, headers=headers))
         deadline = time.monotonic() + 30
-        while not sim.get("/_stats").json().get("authorize"):  # the charge has reached the provider
+        reached = "capture" if two_step else "authorize"
+        while not sim.get("/_stats").json().get(reached):  # the charge has reached the provider
             assert time.monotonic() < deadline and not paying.done(), "the checkout never reached the capture"
             await asyncio.sleep(0.02)
+        if two_step:  # the capture in flight fails at the provider (its latency is not over yet)
+            sim.put("/_config", json={"failure_rate": 1.0}).raise_for_status()
         os.kill(serving_worker(port), signal.SIGKILL)
         with pytest.raises(httpx.TransportError):  # the buyer's checkout got no answer
             await paying
@@ -208,3 +225,47 @@ async def test_a_buyer_who_retries_gets_the_order_and_nothing_is_refunded(gatewa
     await audit_clean(runtime, event_id)
     assert await pg.fetchval("SELECT status FROM orders WHERE id = $1::uuid", order["order_id"]) == "paid"
     assert not await pg.fetchval("SELECT count(*) FROM payments WHERE hold_id = $1 AND kind = 'refund'", hold_id)
+
+
+async def test_two_step_an_authorization_left_by_a_dead_checkout_is_voided(two_step_gateway, runtime, sim, settings,
+                                                                            pg):
+    _, api_key = await new_org(settings.database_url)
+    event_id, hold_id, headers = await checkout_killed_mid_capture(two_step_gateway, api_key, sim, "k-two-step",
+                                                                   runtime, hold_ttl_s=5, window_ms=5000,
+                                                                   two_step=True)
+    deadline = time.monotonic() + 30
+    while not sim.get("/_stats").json().get("failed"):  # the capture the dead worker sent has failed
+        assert time.monotonic() < deadline, sim.get("/_stats").json()
+        await asyncio.sleep(0.05)
+    sim.put("/_config", json={"failure_rate": 0.0}).raise_for_status()
+    record = await key_record(runtime, event_id, "k-two-step")
+    assert record["state"] == "started" and record["hold_id"] == hold_id, record
+    authorize_key = {"idempotency_key": f"{record['order_id']}:authorize"}
+    assert sim.get("/v1/payments", params=authorize_key).json()["status"] == "authorized"
+
+    # The buyer never comes back; the payment window runs out and the expiry sweep takes the hold.
+    holds = event_key(runtime.prefix, event_id, "holds")
+    expires_at = await runtime.redis.zscore(holds, hold_id)
+    await asyncio.sleep(max(0.0, expires_at / 1000 - time.time()) + 0.2)
+    await inventory.expire(scripts=runtime.scripts, prefix=runtime.prefix, event_id=event_id)
+    assert not await runtime.redis.hexists(event_key(runtime.prefix, event_id, "hdata"), hold_id)
+    passes = await recover_until_settled(runtime, event_id, "k-two-step")
+
+    assert passes[-2:] == [0, 0], passes  # nothing refunded: nothing was taken
+    payment = sim.get("/v1/payments", params=authorize_key).json()
+    assert payment["status"] == "voided" and payment["captured_minor"] == 0, payment  # released, not left to lapse
+    stats = sim.get("/_stats").json()
+    assert stats["authorized"] == 1 and stats["void"] == 1 and not stats.get("refund"), stats
+    settled = await key_record(runtime, event_id, "k-two-step")
+    assert settled["state"] == "failed" and settled["error"]["details"]["refunded"] is False, settled
+    assert settled["payment_id"] == payment["id"]
+
+    async with httpx.AsyncClient(base_url=two_step_gateway, timeout=10) as client:
+        late = await client.post(f"/v1/holds/{hold_id}/checkout", json={}, headers=headers)
+    assert late.status_code == 409 and late.json()["error"]["details"]["refunded"] is False, late.text
+    later = sim.get("/_stats").json()
+    assert later["void"] == 1 and later["capture"] == stats["capture"], "a late retry neither captures nor voids"
+
+    await audit_clean(runtime, event_id)
+    assert not await pg.fetchval("SELECT count(*) FROM payments WHERE hold_id = $1", hold_id)
+    assert not await pg.fetchval("SELECT count(*) FROM orders WHERE event_id = $1", event_id)
