@@ -109,72 +109,75 @@ async def audit_event(*, redis: Any, pool: asyncpg.Pool, prefix: str, event_id: 
     if consistent is not None:
         pool, report.postgres = await consistent()
 
-    rows = await pool.fetch("SELECT id, status, hold_id FROM orders WHERE event_id = $1", event_id)
-    pg_orders = {str(r["id"]): r for r in rows}
-    # Sales Postgres refused (a Redis restored from older data sold again what it had forgotten):
-    # reported here with their evidence; the orders they name are left out of the checks below.
-    refused = await pool.fetch(
-        """SELECT c.order_id, c.seats, c.serials, c.other_orders, c.refund_ref, c.refunded_at, o.buyer,
-                  (SELECT array_agg(s.label ORDER BY s.seat_index) FROM seats s
-                   WHERE s.event_id = c.event_id AND s.seat_index = ANY(c.seats)) AS labels
-           FROM sale_conflicts c JOIN orders o ON o.id = c.order_id
-           WHERE c.event_id = $1 ORDER BY c.detected_at""", event_id)
-    explained = {str(r["order_id"]) for r in refused} | {str(o) for r in refused for o in r["other_orders"]}
-    report.add("ledger: no sale refused by Postgres (Redis lost a confirmed sale, then sold it again)", not refused,
-               f"{len(refused)} refused: " + "; ".join(
-                   f"order {r['order_id']} (buyer {r['buyer']}, seats {list(r['labels'] or [])}, serials "
-                   f"{list(r['serials'])}) collides with order(s) {[str(o) for o in r['other_orders']]} that "
-                   "Postgres holds and Redis does not; "
-                   + (f"refunded ({r['refund_ref']}) at {r['refunded_at'].isoformat()}" if r["refunded_at"]
-                      else "refund not made yet") for r in refused[:5]))
-    report.add("invariant 4: every order in Redis is in Postgres", set(orders) <= set(pg_orders),
-               f"missing={sorted(set(orders) - set(pg_orders))[:5]}")
-    unknown = set(pg_orders) - set(orders) - explained
-    report.add("invariant 4: no order in Postgres unknown to Redis", not unknown, f"unknown={sorted(unknown)[:5]}")
-    wrong_status = [oid for oid, o in orders.items() if oid in pg_orders and oid not in explained
-                    and pg_orders[oid]["status"] != ("refunded" if o.get("voided_at_ms") else "paid")]
-    report.add("postgres: order status matches Redis (paid / refunded)", not wrong_status, f"{wrong_status[:5]}")
+    # One consistent view of Postgres for every check below (the ledger may be writing meanwhile: orders
+    # read by one query and not by the next made the checks disagree with each other).
+    async with pool.acquire() as db, db.transaction(isolation="repeatable_read", readonly=True):
+        rows = await db.fetch("SELECT id, status, hold_id FROM orders WHERE event_id = $1", event_id)
+        pg_orders = {str(r["id"]): r for r in rows}
+        # Sales Postgres refused (a Redis restored from older data sold again what it had forgotten):
+        # reported here with their evidence; the orders they name are left out of the checks below.
+        refused = await db.fetch(
+            """SELECT c.order_id, c.seats, c.serials, c.other_orders, c.refund_ref, c.refunded_at, o.buyer,
+                      (SELECT array_agg(s.label ORDER BY s.seat_index) FROM seats s
+                       WHERE s.event_id = c.event_id AND s.seat_index = ANY(c.seats)) AS labels
+               FROM sale_conflicts c JOIN orders o ON o.id = c.order_id
+               WHERE c.event_id = $1 ORDER BY c.detected_at""", event_id)
+        explained = {str(r["order_id"]) for r in refused} | {str(o) for r in refused for o in r["other_orders"]}
+        report.add("ledger: no sale refused by Postgres (Redis lost a confirmed sale, then sold it again)", not refused,
+                   f"{len(refused)} refused: " + "; ".join(
+                       f"order {r['order_id']} (buyer {r['buyer']}, seats {list(r['labels'] or [])}, serials "
+                       f"{list(r['serials'])}) collides with order(s) {[str(o) for o in r['other_orders']]} that "
+                       "Postgres holds and Redis does not; "
+                       + (f"refunded ({r['refund_ref']}) at {r['refunded_at'].isoformat()}" if r["refunded_at"]
+                          else "refund not made yet") for r in refused[:5]))
+        report.add("invariant 4: every order in Redis is in Postgres", set(orders) <= set(pg_orders),
+                   f"missing={sorted(set(orders) - set(pg_orders))[:5]}")
+        unknown = set(pg_orders) - set(orders) - explained
+        report.add("invariant 4: no order in Postgres unknown to Redis", not unknown, f"unknown={sorted(unknown)[:5]}")
+        wrong_status = [oid for oid, o in orders.items() if oid in pg_orders and oid not in explained
+                        and pg_orders[oid]["status"] != ("refunded" if o.get("voided_at_ms") else "paid")]
+        report.add("postgres: order status matches Redis (paid / refunded)", not wrong_status, f"{wrong_status[:5]}")
 
-    counts = await pool.fetch(
-        """SELECT o.id, count(t.id) FILTER (WHERE t.status = 'valid') AS valid, count(t.id) AS total
-           FROM orders o LEFT JOIN tickets t ON t.order_id = o.id WHERE o.event_id = $1 GROUP BY o.id""", event_id)
-    bad = [str(r["id"]) for r in counts if str(r["id"]) not in explained and (
-           r["total"] != int(orders.get(str(r["id"]), {}).get("count", -1))
-           or (pg_orders[str(r["id"])]["status"] == "paid" and r["valid"] != r["total"])
-           or (pg_orders[str(r["id"])]["status"] == "refunded" and r["valid"] != 0))]
-    report.add("invariant 3: every order has exactly its tickets", not bad, f"{bad[:5]}")
-    orphans = await pool.fetchval(
-        "SELECT count(*) FROM tickets t LEFT JOIN orders o ON o.id = t.order_id WHERE t.event_id = $1 AND o.id IS NULL",
-        event_id)
-    report.add("invariant 3: every ticket belongs to an order", orphans == 0, f"{orphans} orphan ticket(s)")
-    dup = await pool.fetchval(
-        """SELECT count(*) FROM (SELECT seat_index FROM tickets WHERE event_id = $1 AND status = 'valid'
-           AND seat_index IS NOT NULL GROUP BY seat_index HAVING count(*) > 1) d""", event_id)
-    report.add("invariant 1: no seat with two valid tickets in Postgres", dup == 0, f"{dup} seat(s)")
-    pg_sold = {r["seat_index"] for r in await pool.fetch(
-        "SELECT seat_index FROM tickets WHERE event_id = $1 AND status = 'valid' AND seat_index IS NOT NULL",
-        event_id)}
-    report.add("postgres: valid seat tickets match Redis sold bits", pg_sold == sold,
-               f"postgres={len(pg_sold)} redis={len(sold)}; sold only in Postgres: seats "
-               f"{sorted(pg_sold - sold)[:10]}, only in Redis: seats {sorted(sold - pg_sold)[:10]}")
-    unpaid = await pool.fetchval(
-        """SELECT count(*) FROM orders o WHERE o.event_id = $1 AND NOT EXISTS
-           (SELECT 1 FROM payments p WHERE p.order_id = o.id AND p.kind = 'capture')""", event_id)
-    report.add("postgres: every order has its captured payment", unpaid == 0, f"{unpaid} order(s) without")
-    unrefunded = await pool.fetchval(
-        """SELECT count(*) FROM orders o WHERE o.event_id = $1 AND o.status = 'refunded' AND NOT EXISTS
-           (SELECT 1 FROM payments p WHERE p.order_id = o.id AND p.kind = 'refund')""", event_id)
-    report.add("postgres: every refunded order has its refund", unrefunded == 0, f"{unrefunded} order(s) without")
-    orphan_pay = await pool.fetchval(
-        """SELECT count(*) FROM payments c WHERE c.order_id IS NULL AND c.kind = 'capture' AND c.hold_id IN
-           (SELECT hold_id FROM payments WHERE order_id IS NULL AND kind = 'capture') AND NOT EXISTS
-           (SELECT 1 FROM payments r WHERE r.order_id IS NULL AND r.kind = 'refund' AND r.hold_id = c.hold_id)
-           AND c.hold_id LIKE $1""", f"{event_id}-%")
-    report.add("postgres: every payment without an order was refunded", orphan_pay == 0, f"{orphan_pay}")
-    scans = await pool.fetchval(
-        """SELECT count(*) FROM (SELECT ticket_id FROM scans WHERE event_id = $1 AND result = 'admitted'
-           GROUP BY ticket_id HAVING count(*) > 1) d""", event_id)
-    report.add("invariant 5: no ticket admitted twice", scans == 0, f"{scans}")
+        counts = await db.fetch(
+            """SELECT o.id, count(t.id) FILTER (WHERE t.status = 'valid') AS valid, count(t.id) AS total
+               FROM orders o LEFT JOIN tickets t ON t.order_id = o.id WHERE o.event_id = $1 GROUP BY o.id""", event_id)
+        bad = [str(r["id"]) for r in counts if str(r["id"]) not in explained and (
+               r["total"] != int(orders.get(str(r["id"]), {}).get("count", -1))
+               or (pg_orders[str(r["id"])]["status"] == "paid" and r["valid"] != r["total"])
+               or (pg_orders[str(r["id"])]["status"] == "refunded" and r["valid"] != 0))]
+        report.add("invariant 3: every order has exactly its tickets", not bad, f"{bad[:5]}")
+        orphans = await db.fetchval(
+            "SELECT count(*) FROM tickets t LEFT JOIN orders o ON o.id = t.order_id WHERE t.event_id = $1 AND o.id IS NULL",
+            event_id)
+        report.add("invariant 3: every ticket belongs to an order", orphans == 0, f"{orphans} orphan ticket(s)")
+        dup = await db.fetchval(
+            """SELECT count(*) FROM (SELECT seat_index FROM tickets WHERE event_id = $1 AND status = 'valid'
+               AND seat_index IS NOT NULL GROUP BY seat_index HAVING count(*) > 1) d""", event_id)
+        report.add("invariant 1: no seat with two valid tickets in Postgres", dup == 0, f"{dup} seat(s)")
+        pg_sold = {r["seat_index"] for r in await db.fetch(
+            "SELECT seat_index FROM tickets WHERE event_id = $1 AND status = 'valid' AND seat_index IS NOT NULL",
+            event_id)}
+        report.add("postgres: valid seat tickets match Redis sold bits", pg_sold == sold,
+                   f"postgres={len(pg_sold)} redis={len(sold)}; sold only in Postgres: seats "
+                   f"{sorted(pg_sold - sold)[:10]}, only in Redis: seats {sorted(sold - pg_sold)[:10]}")
+        unpaid = await db.fetchval(
+            """SELECT count(*) FROM orders o WHERE o.event_id = $1 AND NOT EXISTS
+               (SELECT 1 FROM payments p WHERE p.order_id = o.id AND p.kind = 'capture')""", event_id)
+        report.add("postgres: every order has its captured payment", unpaid == 0, f"{unpaid} order(s) without")
+        unrefunded = await db.fetchval(
+            """SELECT count(*) FROM orders o WHERE o.event_id = $1 AND o.status = 'refunded' AND NOT EXISTS
+               (SELECT 1 FROM payments p WHERE p.order_id = o.id AND p.kind = 'refund')""", event_id)
+        report.add("postgres: every refunded order has its refund", unrefunded == 0, f"{unrefunded} order(s) without")
+        orphan_pay = await db.fetchval(
+            """SELECT count(*) FROM payments c WHERE c.order_id IS NULL AND c.kind = 'capture' AND c.hold_id IN
+               (SELECT hold_id FROM payments WHERE order_id IS NULL AND kind = 'capture') AND NOT EXISTS
+               (SELECT 1 FROM payments r WHERE r.order_id IS NULL AND r.kind = 'refund' AND r.hold_id = c.hold_id)
+               AND c.hold_id LIKE $1""", f"{event_id}-%")
+        report.add("postgres: every payment without an order was refunded", orphan_pay == 0, f"{orphan_pay}")
+        scans = await db.fetchval(
+            """SELECT count(*) FROM (SELECT ticket_id FROM scans WHERE event_id = $1 AND result = 'admitted'
+               GROUP BY ticket_id HAVING count(*) > 1) d""", event_id)
+        report.add("invariant 5: no ticket admitted twice", scans == 0, f"{scans}")
     return report
 
 

@@ -64,3 +64,34 @@ async def test_only_the_owner_s_admin_keys_get_it(client, database_url):
 
     resp = await client.get(f"/v1/events/{eid}/audit")
     assert resp.status_code == 401
+
+
+async def test_the_audit_answers_while_the_ledger_writes(app, client, database_url, sim):
+    """An organiser asks for the audit while the ledger worker is writing sales to Postgres: every answer
+    is a verdict (failing while sales are still on their way is fine), never a 500 — the Postgres checks
+    read one consistent snapshot (orders written between two of its queries made it crash)."""
+    import asyncio
+
+    from gateway.workers.ledger import LedgerWorker
+
+    _, admin = await new_org(database_url)
+    event = await open_event(client, admin, seat_spec(ga={"floor": 60}))
+    worker = LedgerWorker(app.gateway.runtime, consumer="audit-race")
+    statuses = []
+    for i in range(30):
+        me = await buyer(client)
+        held = await client.post(f"/v1/events/{event['id']}/holds", json={"ga": {"floor": 1}}, headers=me)
+        assert held.status_code == 201, held.text
+        paid = await client.post(f"/v1/holds/{held.json()['hold_id']}/checkout", json={},
+                                 headers={**me, "Idempotency-Key": f"audit-race-{i:03d}"})
+        assert paid.status_code == 201, paid.text
+
+        async def audit():
+            statuses.append((await client.get(f"/v1/events/{event['id']}/audit", headers=auth(admin))).status_code)
+
+        await asyncio.gather(worker.step(), *(audit() for _ in range(4)))
+    while await worker.step():
+        pass
+    assert set(statuses) == {200}, statuses
+    final = (await client.get(f"/v1/events/{event['id']}/audit", headers=auth(admin))).json()
+    assert final["verdict"] == "pass", [c for c in final["checks"] if not c["ok"]]
