@@ -30,6 +30,7 @@ from gateway.core.resources import IMPORT_ROOT
 from gateway.loadtest import seed as seeding
 from gateway.loadtest.target import Target, explicit, start_private, stop_private
 from gateway.loadtest.verdict import build_verdict
+from gateway.organisers.audit import DRAINED_CHECK
 
 SALE_STEPS = ("buyer_token", "availability", "hold", "release", "checkout", "tickets")
 QUEUE_STEPS = ("join", "poll")
@@ -237,7 +238,9 @@ def _drain_and_audit(target: Target, event_ids: list[int], timeout_s: float = 60
                                          "detail": f"{res.status_code} {res.text[:300]}"}]}
                     break
                 audit = res.json()
-                pending = [c for c in audit["checks"] if c["name"].startswith("ledger") and not c["ok"]]
+                # Only the ledger's drain is worth waiting for; every other failed check is final
+                # (a sale Postgres refused stays refused).
+                pending = [c for c in audit["checks"] if c["name"] == DRAINED_CHECK and not c["ok"]]
                 if not pending or time.monotonic() > deadline:
                     break
                 time.sleep(1.0)

@@ -49,6 +49,9 @@ class Report:
                 "checks": [{"name": c.name, "ok": c.ok, "detail": c.detail} for c in self.checks]}
 
 
+DRAINED_CHECK = "ledger: stream drained into Postgres"  # the one check that passes by waiting
+
+
 async def audit_event(*, redis: Any, pool: asyncpg.Pool, prefix: str, event_id: int,
                       scripts: Scripts | None = None,
                       consistent: Callable[[], Awaitable[tuple[asyncpg.Pool, str]]] | None = None) -> Report:
@@ -105,7 +108,7 @@ async def audit_event(*, redis: Any, pool: asyncpg.Pool, prefix: str, event_id: 
                 lag = int(group.get("lag") or 0)
     except Exception:
         pass
-    report.add("ledger: stream drained into Postgres", pending == 0 and lag == 0, f"pending={pending} lag={lag}")
+    report.add(DRAINED_CHECK, pending == 0 and lag == 0, f"pending={pending} lag={lag}")
     if consistent is not None:
         pool, report.postgres = await consistent()
 
