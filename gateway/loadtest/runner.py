@@ -30,7 +30,6 @@ from gateway.core.resources import IMPORT_ROOT
 from gateway.loadtest import seed as seeding
 from gateway.loadtest.target import Target, explicit, start_private, stop_private
 from gateway.loadtest.verdict import build_verdict
-from gateway.organisers.audit import DRAINED_CHECK
 
 SALE_STEPS = ("buyer_token", "availability", "hold", "release", "checkout", "tickets")
 QUEUE_STEPS = ("join", "poll")
@@ -225,6 +224,10 @@ def _configure_simulator(target: Target, sim: dict[str, Any]) -> dict[str, Any] 
 def _drain_and_audit(target: Target, event_ids: list[int], timeout_s: float = 60.0) -> dict[int, dict[str, Any]]:
     """The audit of each event, once the ledger drained into Postgres (or the wait ran out: then the
     audit says what is still pending)."""
+    # Imported here: `flashgate` builds every parser at start, and `flashgate serve` must not have imported
+    # prometheus-client (which the audit's modules do) before it sets PROMETHEUS_MULTIPROC_DIR.
+    from gateway.organisers.audit import DRAINED_CHECK
+
     headers = {"Authorization": f"Bearer {target.api_key}"}
     audits: dict[int, dict[str, Any]] = {}
     with httpx.Client(base_url=target.base_url, headers=headers, timeout=120) as client:

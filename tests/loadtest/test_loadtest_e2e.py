@@ -31,7 +31,7 @@ REQUIRED = ("ignore_sold", "early_sweep", "late_confirm", "ga_double_release", "
 # A short sale (300 tickets: 150 seats, 150 GA; enough that the waiting room lets buyers race for
 # seats) that exercises every path the bugs sit on: seats picked and raced for, best seats,
 # GA quantities, releases, holds left to expire (5 s hold time), late payers, greedy buyers.
-SALE = dict(vus=40, duration_s=16, ramp_s=2, capacity=300, seated_pct=50.0, per_buyer_limit=4, hold_ttl_s=5,
+SALE = dict(vus=40, duration_s=12, ramp_s=2, capacity=300, seated_pct=50.0, per_buyer_limit=4, hold_ttl_s=5,
             knobs={"BUYERS": "160", "PICK_PCT": "40", "BEST_PCT": "20", "ABANDON_PCT": "20", "LATE_PAY_PCT": "15",
                    "GREEDY_PCT": "15", "PICK_WINDOW": "4", "GRACE_S": "8"})
 
@@ -153,11 +153,11 @@ def test_the_command_refuses_bad_options_before_any_load(tmp_path: Path) -> None
 # Every other scenario runs through the same command, small: it seeds what it needs (tickets bought
 # through checkout and devices for the door, a sales key for the dashboards), runs, audits, and passes.
 SMALL = {
-    "open_sale": dict(vus=20, duration_s=10, capacity=80, knobs={"BUYERS": "60"}),
-    "door_rush": dict(vus=20, duration_s=10, tickets=600, devices=4, knobs={"RATE": "200"}),
-    "dashboard_watchers": dict(vus=10, duration_s=10, capacity=60, knobs={"BUYERS": "30", "WATCHERS": "3",
+    "open_sale": dict(vus=20, duration_s=7, capacity=80, knobs={"BUYERS": "60"}),
+    "door_rush": dict(vus=20, duration_s=7, tickets=600, devices=4, knobs={"RATE": "200"}),
+    "dashboard_watchers": dict(vus=10, duration_s=8, capacity=60, knobs={"BUYERS": "30", "WATCHERS": "3",
                                                                           "WINDOW_S": "3"}),
-    "mixed": dict(vus=10, duration_s=12, capacity=60, tickets=300, devices=3,
+    "mixed": dict(vus=10, duration_s=9, capacity=60, tickets=300, devices=3,
                   knobs={"BUYERS": "30", "WATCHERS": "2", "WINDOW_S": "3", "RATE": "60"}),
 }
 

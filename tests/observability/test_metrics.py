@@ -256,3 +256,16 @@ async def test_redis_down_shows_as_redis_up_0(settings: Settings) -> None:
     assert "flashgate_redis_up 0.0" in resp.text
     assert "flashgate_queue_length" not in resp.text and "flashgate_breaker_state" not in resp.text
     assert "flashgate_http_request_duration_seconds_bucket" in resp.text  # the in-process figures are there
+
+
+def test_the_command_line_does_not_import_prometheus_client_before_serve_sets_it_up() -> None:
+    """`flashgate serve` sets PROMETHEUS_MULTIPROC_DIR before its workers import prometheus-client, which
+    reads it once, at import. Building the command line must not import it first (a load-test module
+    that did left every worker counting in memory: `/metrics` showed zeros)."""
+    import subprocess
+    import sys
+
+    probe = ("import sys; from gateway.cli import build_parser; build_parser(); "
+             "print('prometheus_client' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0 and out.stdout.strip() == "False", out.stdout + out.stderr
