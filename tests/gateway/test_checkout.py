@@ -465,6 +465,8 @@ def commands_sent(url: str):
                         continue
                     if "queue_mode" in entry["command"]:  # the waiting-room cache's background refresh
                         continue
+                    if ":pacing:" in entry["command"]:  # each worker's pacing figures, published every second
+                        continue
                     name = entry["command"].split(" ", 1)[0].strip('"').lower()
                     counts[name] = counts.get(name, 0) + 1
         finally:
