@@ -72,6 +72,11 @@ def event_context(event_id: int) -> bytes:
     return b"event:%d" % event_id
 
 
+def event_webhook_context(event_id: int) -> bytes:
+    """The context of an event's sealed webhook secret in its Redis info: `b"event:<id>:webhook"`."""
+    return event_context(event_id) + b":webhook"
+
+
 def webhook_context(org_id: int | str | None) -> bytes:
     """The context of an organisation's sealed webhook secrets: `b"webhook:org:<id>"`."""
     return b"webhook:org:" + str(org_id if org_id is not None else "").encode()

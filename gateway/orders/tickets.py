@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from gateway.core.errors import DomainError
-from gateway.core.sealing import Sealer, event_context
+from gateway.core.sealing import Sealer, event_context, event_webhook_context
 from gateway.core.tokens import TokenSigner
 from gateway.orders import ticketcodes
 from gateway.sale.layout import EventLayout
@@ -67,7 +67,7 @@ async def event_info(redis: Any, prefix: str, event_id: int, cache: dict[int, Ev
     info = EventInfo(event_id=event_id, name=raw[b"name"].decode(), organisation_id=int(raw[b"organisation_id"]),
                      private_key=sealer.unseal(raw[b"signing_private"], context=event_context(event_id)), public_key=raw[b"signing_public"],
                      webhook_url=raw.get(b"webhook_url", b"").decode(),
-                     webhook_secret=(sealer.unseal(raw[b"webhook_sealed"], context=event_context(event_id) + b":webhook").decode()
+                     webhook_secret=(sealer.unseal(raw[b"webhook_sealed"], context=event_webhook_context(event_id)).decode()
                                      if raw.get(b"webhook_sealed") else raw.get(b"webhook_secret", b"").decode()))
     if cache is not None:
         cache[event_id] = info

@@ -12,7 +12,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from gateway.core.errors import DomainError
 from gateway.core.runtime import Runtime
-from gateway.core.sealing import Sealer, event_context
+from gateway.core.sealing import Sealer, event_context, event_webhook_context
 from gateway.sale import inventory
 from gateway.organisers.event_spec import EventSpec
 from gateway.providers.egress import DestinationRefused, EgressPolicy
@@ -264,7 +264,7 @@ async def change_status(pool: asyncpg.Pool, *, redis: Redis, scripts: Scripts, p
                 "name": row["name"], "organisation_id": row["organisation_id"],
                 "signing_private": sealer.seal(row["signing_private_key"], context=event_context(event_id)),
                 "signing_public": row["signing_public_key"], "webhook_url": _webhook(row).get("url", ""),
-                "webhook_sealed": sealer.seal(secret.encode(), context=event_context(event_id) + b":webhook") if secret else ""})
+                "webhook_sealed": sealer.seal(secret.encode(), context=event_webhook_context(event_id)) if secret else ""})
             await redis.hdel(info_key, "webhook_secret")  # a clear copy written by an earlier version
             await ensure_ledger_group(redis, prefix, event_id)
             await redis.hset(event_key(prefix, event_id, "meta"), mapping={

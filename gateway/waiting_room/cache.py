@@ -177,7 +177,7 @@ class QueueCache:
         self.prefix = settings.redis_prefix
         self.views: dict[int, QueueView] = {}
         self._load_once: SingleFlight[int, QueueView] = SingleFlight(self._load)
-        self._catching: dict[int, asyncio.Future[None]] = {}
+        self._catch_up_once: SingleFlight[int, None] = SingleFlight(self._catch_up)
         self.seen: dict[int, dict[int, int]] = {}
         self.modes: dict[int, tuple[bool | None, float]] = {}
         self._task: asyncio.Task | None = None
@@ -227,17 +227,17 @@ class QueueCache:
             view.order, view.places, view.order_of, view.opened = order, places, (seed, size), True
 
     def catching_up(self, event_id: int) -> bool:
-        return event_id in self._catching
+        return self._catch_up_once.loading(event_id)
 
     async def catch_up(self, view: QueueView) -> None:
         """Refresh one view now; every poll asking while that read runs waits for the same read (an
         answer from the copy it is replacing could show a buyer less than another worker did)."""
-        pending = self._catching.get(view.event_id)
-        if pending is None:
-            pending = asyncio.ensure_future(self.refresh([view]))
-            self._catching[view.event_id] = pending
-            pending.add_done_callback(lambda _: self._catching.pop(view.event_id, None))
-        await asyncio.shield(pending)
+        await self._catch_up_once(view.event_id)
+
+    async def _catch_up(self, event_id: int) -> None:
+        view = self.views.get(event_id)
+        if view is not None:
+            await self.refresh([view])
 
     async def refresh_all(self) -> None:
         now = time.monotonic()

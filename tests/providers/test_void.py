@@ -4,7 +4,6 @@ the provider client and its guard, and checkout releasing an authorization whose
 from __future__ import annotations
 
 import asyncio
-import secrets
 import time
 from collections.abc import AsyncIterator, Callable, Iterator
 
@@ -17,35 +16,13 @@ from gateway.providers.breaker import SharedBreaker
 from gateway.providers.bulkhead import Bulkhead
 from gateway.providers.payments import (GuardedProvider, PaymentDeclined, PaymentRejected, ProviderUnavailable,
                                         RetryPolicy, SimulatorProvider)
-from gateway.providers.simulator import start_simulator_process
-from gateway.stack.embedded import stop_process
 from gateway.store.keys import checkout_records
-from tests.providers.test_simulator import authorize, clients_on_workers, connections
+# simulator_kind, simulator_url, workers: the void rules hold in memory and in Redis alike (both kinds run).
+from tests.providers.test_simulator import (authorize, clients_on_workers, connections, simulator_kind,  # noqa: F401
+                                           simulator_url, workers)
 from tests.utils.factories import buyer, new_org, open_event, seat_spec
 
 pytestmark = pytest.mark.anyio
-
-
-@pytest.fixture(scope="module", params=["memory-1", "redis-4"])
-def simulator_kind(request: pytest.FixtureRequest) -> str:
-    return request.param
-
-
-@pytest.fixture(scope="module")
-def simulator_url(simulator_kind: str, redis_server_url: str, redis_prefix: str) -> Iterator[str]:
-    """Overrides the provider tests' simulator: the void rules hold in memory and in Redis alike."""
-    if simulator_kind == "memory-1":
-        proc, url = start_simulator_process(workers=1, redis_url=None)
-    else:
-        proc, url = start_simulator_process(workers=4, redis_url=redis_server_url,
-                                            prefix=f"{redis_prefix}:sim{secrets.token_hex(3)}", forget_on_exit=True)
-    yield url
-    stop_process(proc)
-
-
-@pytest.fixture
-def workers(simulator_kind: str) -> int:
-    return int(simulator_kind.rsplit("-", 1)[1])
 
 
 def void(client: httpx.Client, pid: str, key: str | None, body: dict | None = None) -> httpx.Response:
