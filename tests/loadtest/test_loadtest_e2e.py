@@ -31,7 +31,7 @@ REQUIRED = ("ignore_sold", "early_sweep", "late_confirm", "ga_double_release", "
 # A short sale (300 tickets: 150 seats, 150 GA; enough that the waiting room lets buyers race for
 # seats) that exercises every path the bugs sit on: seats picked and raced for, best seats,
 # GA quantities, releases, holds left to expire (5 s hold time), late payers, greedy buyers.
-SALE = dict(vus=40, duration_s=12, ramp_s=2, capacity=300, seated_pct=50.0, per_buyer_limit=4, hold_ttl_s=5,
+SALE = dict(vus=40, duration_s=16, ramp_s=2, capacity=300, seated_pct=50.0, per_buyer_limit=4, hold_ttl_s=5,
             knobs={"BUYERS": "160", "PICK_PCT": "40", "BEST_PCT": "20", "ABANDON_PCT": "20", "LATE_PAY_PCT": "15",
                    "GREEDY_PCT": "15", "PICK_WINDOW": "4", "GRACE_S": "8"})
 
