@@ -16,6 +16,7 @@ from gateway.stack.embedded import free_port
 from gateway.workers.notify_worker import run as notify_run
 from tests.organisers.conftest import app_client
 from tests.utils.factories import auth, new_org, seat_spec
+from tests.utils.servers import delete_prefix
 from tests.utils.webhooks import WebhookReceiver
 
 pytestmark = pytest.mark.anyio
@@ -73,6 +74,16 @@ async def test_the_development_allow_list_accepts_a_local_receiver(settings, dat
         assert resp.status_code == 201, resp.text
 
 
+@pytest.fixture
+async def own(settings, redis_server_url):
+    """An app with a notification stream of its own: the worker under test must not first work through
+    the mail every earlier test in the session queued."""
+    prefix = f"{settings.redis_prefix}-wh{secrets.token_hex(3)}"
+    async with app_client(settings, redis_prefix=prefix) as client:
+        yield client
+    delete_prefix(redis_server_url, prefix)
+
+
 @asynccontextmanager
 async def worker(runtime, allow: str):
     settings = notify.NotifySettings(smtp_port=free_port(), max_attempts=1, block_ms=50, claim_every_s=0.1,
@@ -88,7 +99,9 @@ async def worker(runtime, allow: str):
 
 async def _dead_letters(client, key: str, n: int) -> list[dict]:
     for _ in range(200):
-        dead = (await client.get("/v1/notifications/dead", headers=auth(key))).json()["dead"]
+        resp = await client.get("/v1/notifications/dead", headers=auth(key))
+        assert resp.status_code == 200, resp.text
+        dead = resp.json()["dead"]
         if len(dead) >= n:
             return dead
         await asyncio.sleep(0.05)
@@ -100,20 +113,20 @@ async def _send(runtime, org_id: int, url: str) -> None:
                          payload={"url": url, "secret": SECRET, "event_type": "order.paid", "body": {"n": 1}})
 
 
-async def test_delivery_checks_the_resolved_address_again(app, client, database_url):
+async def test_delivery_checks_the_resolved_address_again(own, database_url):
     """The URL passed when it was registered (here: the allow-list then in force); at delivery the name
     resolves to loopback, which the delivering worker refuses without connecting."""
     org_id, key = await new_org(database_url)
     with WebhookReceiver() as hooks:
         url = hooks.url.replace("127.0.0.1", "localhost")
-        async with worker(app.gateway.runtime, allow=""):
-            await _send(app.gateway.runtime, org_id, url)
-            dead = await _dead_letters(client, key, 1)
+        async with worker(own.app.gateway.runtime, allow=""):
+            await _send(own.app.gateway.runtime, org_id, url)
+            dead = await _dead_letters(own, key, 1)
         assert hooks.requests == []
         assert "destination refused" in dead[0]["last_error"] and "loopback" in dead[0]["last_error"]
         # with the development allow-list the same URL is delivered, to the checked address, Host kept
-        async with worker(app.gateway.runtime, allow=LOOPBACK):
-            await _send(app.gateway.runtime, org_id, url)
+        async with worker(own.app.gateway.runtime, allow=LOOPBACK):
+            await _send(own.app.gateway.runtime, org_id, url)
             for _ in range(200):
                 if hooks.requests:
                     break
@@ -123,15 +136,15 @@ async def test_delivery_checks_the_resolved_address_again(app, client, database_
         assert notify.verify_webhook(SECRET, headers["x-flashgate-signature"], body)
 
 
-async def test_delivery_errors_do_not_tell_open_ports_from_closed_ones(app, client, database_url, settings):
+async def test_delivery_errors_do_not_tell_open_ports_from_closed_ones(own, database_url, settings):
     """An open port speaking another protocol (the stack's Redis) and a closed port read the same."""
     org_id, key = await new_org(database_url)
     redis = urlsplit(settings.redis_url)
     allowed = f"{ipaddress.ip_address(redis.hostname)}/32,127.0.0.0/8" if redis.hostname[0].isdigit() else LOOPBACK
-    async with worker(app.gateway.runtime, allow=allowed):
-        await _send(app.gateway.runtime, org_id, f"http://{redis.hostname}:{redis.port}/")
-        await _send(app.gateway.runtime, org_id, f"http://127.0.0.1:{free_port()}/")
-        dead = await _dead_letters(client, key, 2)
+    async with worker(own.app.gateway.runtime, allow=allowed):
+        await _send(own.app.gateway.runtime, org_id, f"http://{redis.hostname}:{redis.port}/")
+        await _send(own.app.gateway.runtime, org_id, f"http://127.0.0.1:{free_port()}/")
+        dead = await _dead_letters(own, key, 2)
     errors = {d["last_error"] for d in dead}
     assert errors == {"webhook: the destination could not be reached"}, errors
 
