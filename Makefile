@@ -12,12 +12,13 @@ NATIVE := $(VENV)/.flashgate-native
 PORT    ?= 8000
 WORKERS ?= 2
 PYTEST_ARGS ?=
+TEST_WORKERS ?= 2
 
 .PHONY: up test install native bench loadtest clean-data help
 
 help:
 	@echo "make up      start the local platform on port $(PORT) (PORT=, WORKERS= to change)"
-	@echo "make test    run every test (PYTEST_ARGS= to pass options)"
+	@echo "make test    run every test, in $(TEST_WORKERS) processes (TEST_WORKERS=0: one; PYTEST_ARGS= to pass options)"
 	@echo "make bench   run the benchmarks in bench/"
 	@echo "make loadtest SCENARIO=flash_sale [VUS=500 DURATION=60 LOADTEST_ARGS=...]  a k6 load test with a verdict"
 
@@ -38,7 +39,7 @@ up: $(NATIVE)
 	$(BIN)/flashgate up --demo --port $(PORT) --workers $(WORKERS)
 
 test: $(NATIVE)
-	$(BIN)/python -m pytest $(PYTEST_ARGS)
+	$(BIN)/python -m pytest -n $(TEST_WORKERS) --dist worksteal $(PYTEST_ARGS)
 
 SCENARIO ?= flash_sale
 VUS ?= 500

@@ -125,22 +125,34 @@ async def test_expired_holds_are_back_on_sale_within_a_second(live_gateway, data
     from tests.utils.live import start_worker
 
     _, key = await new_org(database_url)
-    async with httpx.AsyncClient(base_url=live_gateway, timeout=10) as http:
-        event = (await http.post("/v1/events", json=seat_spec(ga={"floor": 5}), headers=auth(key))).json()
-        eid = event["id"]
-        await http.post(f"/v1/events/{eid}/open", headers=auth(key))
-        redis = aioredis.Redis.from_url(settings.redis_url)
-        # Shorten this event's hold TTL directly in Redis (the API's minimum is 5 s).
-        await redis.hset(event_key(settings.redis_prefix, eid, "meta"), "hold_ttl_ms", 400)
-        headers = auth((await http.post("/v1/buyer-token")).json()["buyer_token"])
-        hold = (await http.post(f"/v1/events/{eid}/holds", json={"seats": ["A-1-1"]}, headers=headers)).json()
-        ga = (await http.post(f"/v1/events/{eid}/holds", json={"ga": {"floor": 5}}, headers=headers)).json()
-        with start_worker(settings, "expiry", tmp_root):
-            expiry = max(hold["expires_at_ms"], ga["expires_at_ms"]) / 1000
-            while True:
-                body = (await http.get(f"/v1/events/{eid}/availability")).json()
-                if body["seats"][0] == "0" and body["ga"][0]["available"] == 5:
-                    break
-                assert time.time() < expiry + 1.0, "expired inventory must be back on sale within 1 s"
-                await asyncio.sleep(0.02)
+    redis = aioredis.Redis.from_url(settings.redis_url)
+    try:
+        async with httpx.AsyncClient(base_url=live_gateway, timeout=10) as http:
+            event = (await http.post("/v1/events", json=seat_spec(ga={"floor": 5}), headers=auth(key))).json()
+            eid = event["id"]
+            await http.post(f"/v1/events/{eid}/open", headers=auth(key))
+            # Shorten this event's hold TTL directly in Redis (the API's minimum is 5 s).
+            await redis.hset(event_key(settings.redis_prefix, eid, "meta"), "hold_ttl_ms", 400)
+            headers = auth((await http.post("/v1/buyer-token")).json()["buyer_token"])
+            with start_worker(settings, "expiry", tmp_root):
+                # the worker is running once it has swept a first hold (it may take a while to start)
+                canary = await http.post(f"/v1/events/{eid}/holds", json={"seats": ["A-1-2"]}, headers=headers)
+                assert canary.status_code == 201, canary.text
+                for _ in range(600):
+                    if (await http.get(f"/v1/events/{eid}/availability")).json()["seats"][1] == "0":
+                        break
+                    await asyncio.sleep(0.05)
+                else:
+                    raise AssertionError("the expiry worker never swept a hold")
+                hold = (await http.post(f"/v1/events/{eid}/holds", json={"seats": ["A-1-1"]}, headers=headers)).json()
+                ga = (await http.post(f"/v1/events/{eid}/holds", json={"ga": {"floor": 5}}, headers=headers)).json()
+                expiry = max(hold["expires_at_ms"], ga["expires_at_ms"]) / 1000
+                while True:
+                    asked_at = time.time()  # the answer shows the inventory at this moment or later
+                    body = (await http.get(f"/v1/events/{eid}/availability")).json()
+                    if body["seats"][0] == "0" and body["ga"][0]["available"] == 5:
+                        break
+                    assert asked_at < expiry + 1.0, "expired inventory must be back on sale within 1 s"
+                    await asyncio.sleep(0.02)
+    finally:
         await redis.aclose()
