@@ -13,6 +13,7 @@
 -- KEYS[5] q:seed    STRING pre-queue seed (revealed into q:state when the sale opens)
 -- KEYS[6] meta · KEYS[7] sold · KEYS[8] held · KEYS[9] holds · KEYS[10] ga · KEYS[11] buyers
 -- KEYS[12] changes  (inventory keys of lua/lib/common.lua, read only)
+-- KEYS[13] q:acted  SET    buyers whose first hold has answered an admission (their later holds answer none)
 -- ARGV[1] leader id · ARGV[2] lease ms · ARGV[3] stall s · ARGV[4] prior tickets per buyer
 -- ARGV[5] decision s (longest time an admitted buyer counts as pending) · ARGV[6] expiring window s
 -- ARGV[7] max active holds · ARGV[8] max checkout ms · ARGV[9] max places per call
@@ -30,7 +31,8 @@
 --             tickets per buyer, measured over the buyers who hold or own tickets (HLEN buyers), from the
 --             prior (queue_tickets_per_buyer, weight queue_tickets_prior_n buyers) until enough have acted
 --   pending = admitted buyers who have not acted yet. Admissions join a list (batches, oldest first); every
---             new hold (op 1 in the changes stream) answers one: the oldest *fresh* one (younger than
+--             buyer's first hold (op 1 in the changes stream, by a buyer not yet in q:acted; a changed seat
+--             or a hold again after an expiry answers nothing) answers one: the oldest *fresh* one (younger than
 --             2 x the median reaction time), else the youngest older one (a late buyer). The age of the
 --             answered admission is a reaction time (running median). An admission not answered within
 --             W = clamp(3 x median, poll interval, decision s), at most the admission TTL, leaves the list
@@ -57,7 +59,7 @@
 
 local K_LEASE, K_STATE, K_SEEN, K_FATE, K_SEED = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]
 local K_META, K_SOLD, K_HELD, K_HOLDS, K_GA = KEYS[6], KEYS[7], KEYS[8], KEYS[9], KEYS[10]
-local K_BUYERS, K_CHANGES = KEYS[11], KEYS[12]
+local K_BUYERS, K_CHANGES, K_ACTED = KEYS[11], KEYS[12], KEYS[13]
 local REACT_STEP = 1.05        -- the running median moves by this factor per observed reaction
 local REACT_STEPS = 20         -- at most this many steps per batch answered together
 local FRESH_MEDIANS = 2        -- admissions younger than this many median reaction times are answered first
@@ -159,21 +161,23 @@ if acted + prior_n > 0 then tpb = (taken + prior_n * prior_m) / (acted + prior_n
 if tpb > limit then tpb = limit end
 if tpb < 1 then tpb = 1 end
 
--- Changes since the last call: a new hold is an admitted buyer who acted; sales and returns (release,
--- expiry) measure the share of holds that come back.
+-- Changes since the last call: a buyer's first hold is an admitted buyer who acted (a later hold of the
+-- same buyer is a changed mind, not an answer: counted as one, every such hold would be matched to an
+-- older admission and push the median reaction time up, and with it the pending window, without end);
+-- sales and returns (release, expiry) measure the share of holds that come back.
 local actions = 0
 local entries = redis.call('XRANGE', K_CHANGES, '(' .. ccur, '+', 'COUNT', MAX_CHANGES)
 for i = 1, #entries do
   local f = entries[i][2]
+  local op, buyer
   for j = 1, #f, 2 do
-    if f[j] == 'op' then
-      local op = f[j + 1]
-      if op == '1' then actions = actions + 1
-      elseif op == '3' then sells = sells + 1
-      elseif op == '2' or op == '5' then returns = returns + 1 end
-      break
-    end
+    if f[j] == 'op' then op = f[j + 1]
+    elseif f[j] == 'b' then buyer = f[j + 1]; break end
   end
+  if op == '1' then
+    if redis.call('SADD', K_ACTED, buyer or '') == 1 then actions = actions + 1 end
+  elseif op == '3' then sells = sells + 1
+  elseif op == '2' or op == '5' then returns = returns + 1 end
 end
 if #entries > 0 then ccur = entries[#entries][1] end
 local ret = (returns + RETURN_PRIOR_N) / (sells + returns + RETURN_PRIOR_N)

@@ -67,7 +67,8 @@ def join_keys(prefix: str, event_id: int, ip: str, buyer: str) -> list[str]:
 def advance_keys(prefix: str, event_id: int) -> list[str]:
     """KEYS of lua/queue_advance.lua."""
     q = [qkey(prefix, event_id, n) for n in ("lease", "state", "seen", "fate", "seed")]
-    return q + [event_key(prefix, event_id, n) for n in ("meta", "sold", "held", "holds", "ga", "buyers", "changes")]
+    return (q + [event_key(prefix, event_id, n) for n in ("meta", "sold", "held", "holds", "ga", "buyers", "changes")]
+            + [qkey(prefix, event_id, "acted")])
 
 
 WAITLIST_KEYS = ("wl:list", "wl:who", "wl:offers", "wl:state", "wl:mail")

@@ -1,16 +1,17 @@
 """Hold expiry: gives expired holds back to sale, for every open or paused event; also runs the
-scheduled sale openings and closings (gateway/organisers/schedule.py) once a second.
+scheduled sale openings and closings (gateway/organisers/schedule.py) once a second and the
+recovery of interrupted checkouts every 5 s.
 
-Runs `expire` (bounded batches) for each active event every 200 ms, so expired
-inventory is back on sale within a second of expiry even when no buyer touches
-those seats (holds also reclaim the expired holds they meet).
+Runs `expire` (bounded batches) for each active event every 200 ms, up to SWEEP_CONCURRENCY events at
+once, so expired inventory is back on sale within a second of expiry even when no buyer touches those
+seats (holds also reclaim the expired holds they meet). The three jobs run side by side: a slow
+recovery pass or a slow Postgres never delays the sweep.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-import time
 
 from gateway.core.runtime import Runtime
 from gateway.organisers import schedule
@@ -23,18 +24,25 @@ from gateway.workers.loop import every
 log = logging.getLogger("flashgate.expiry")
 INTERVAL_S = 0.2
 BATCH = 500
+SWEEP_CONCURRENCY = 32  # events swept at once (the Redis pool has 64 connections per process)
 
 
 async def sweep_once(runtime: Runtime) -> int:
     prefix = runtime.settings.redis_prefix
-    total = 0
-    for raw in await runtime.redis.smembers(on_sale_set(prefix)):
-        event_id = int(raw)
+    events = [int(raw) for raw in await runtime.redis.smembers(on_sale_set(prefix))]
+
+    async def one(event_id: int) -> int:
+        total = 0
         while True:
-            result = await inventory.expire(scripts=runtime.scripts, prefix=prefix, event_id=event_id, max_holds=BATCH)
+            result = await inventory.expire(scripts=runtime.scripts, prefix=prefix, event_id=event_id,
+                                            max_holds=BATCH)
             total += result["expired"]
             if not result["remaining_due"]:
-                break
+                return total
+
+    total = 0
+    for i in range(0, len(events), SWEEP_CONCURRENCY):
+        total += sum(await asyncio.gather(*(one(e) for e in events[i:i + SWEEP_CONCURRENCY])))
     return total
 
 
@@ -59,27 +67,19 @@ async def run(runtime: Runtime, stop: asyncio.Event) -> None:
 
 
 async def _loop(runtime: Runtime, stop: asyncio.Event, recovery: CheckoutRecovery) -> None:
-    last_recover = last_schedule = 0.0
-    schedule_failing = False
-
-    async def step() -> None:
-        nonlocal last_recover, last_schedule, schedule_failing
+    async def sweep() -> None:
         n = await sweep_once(runtime)
         if n:
             log.info("expired holds", extra={"count": n})
-        if time.monotonic() - last_recover > RECOVER_EVERY_S:
-            last_recover = time.monotonic()
-            refunded = await recover_once(runtime, recovery)
-            if refunded:
-                log.warning("refunded interrupted checkouts", extra={"count": refunded})
-        if time.monotonic() - last_schedule > SCHEDULE_EVERY_S:
-            last_schedule = time.monotonic()
-            try:  # Postgres away must not stop the hold sweep
-                await schedule.run_due(runtime)
-                schedule_failing = False
-            except Exception as exc:
-                if not schedule_failing:
-                    log.warning("scheduled sales failed", extra={"error": repr(exc)})
-                schedule_failing = True
 
-    await every(INTERVAL_S, stop, step, log=log, what="expiry sweep")
+    async def recover() -> None:
+        refunded = await recover_once(runtime, recovery)
+        if refunded:
+            log.warning("refunded interrupted checkouts", extra={"count": refunded})
+
+    async def scheduled() -> None:  # Postgres away stops only this job, never the hold sweep
+        await schedule.run_due(runtime)
+
+    await asyncio.gather(every(INTERVAL_S, stop, sweep, log=log, what="expiry sweep"),
+                         every(RECOVER_EVERY_S, stop, recover, log=log, what="checkout recovery"),
+                         every(SCHEDULE_EVERY_S, stop, scheduled, log=log, what="scheduled sales"))

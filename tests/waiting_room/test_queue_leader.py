@@ -283,3 +283,52 @@ async def test_a_queue_opening_on_a_crowd_ramps_up(qclient, database_url, settin
     last = [(t, u) for t, u in samples if t >= 5.0]
     rate = (last[-1][1] - last[0][1]) / (last[-1][0] - last[0][0])
     assert rate > 150, samples  # at the organiser's rate within a few seconds
+
+
+async def test_a_buyer_who_changes_their_mind_answers_one_admission_only(qclient, database_url, settings):
+    """40 buyers are admitted; 20 hold at once and the other 20 never come. The 20 then change their minds
+    (release, hold other tickets) again and again. Those later holds answer nobody's admission: the 20 who
+    never came stay pending until their window ends, and the measured reaction time stays what it was
+    (counted as answers, every changed mind was matched to an older admission, stepping the median reaction
+    time, and with it the pending window, up without end: a sale stalled before its last tickets)."""
+    event = await queue_event(qclient, database_url, rate=50, ga={"floor": 1000}, sections=0)
+    await fill(qclient, event, 40)
+    redis = aioredis.Redis.from_url(settings.redis_url)
+    scripts = Scripts(redis)
+    prefix, ev = settings.redis_prefix, event["id"]
+
+    async def hold(buyer: str, n: int) -> str:
+        hold_id = f"{ev}-{buyer}-{n}"
+        await inventory.hold_ga(scripts=scripts, prefix=prefix, event_id=ev, hold_id=hold_id, buyer=buyer,
+                                ticket_type="floor", quantity=1)
+        return hold_id
+
+    async def admitted_all():
+        q = await stats(qclient, event)
+        return q if q["admitted_up_to"] == 40 else None
+
+    async def measured():
+        q = await stats(qclient, event)
+        return q if q["demand"]["reaction_s"] and q["demand"]["pending_buyers"] == 20 else None
+
+    try:
+        # a 10 s pending window at least (the poll interval), so the checks below run well inside it
+        async with leader(settings, queue_poll_after_s=10.0):
+            assert await wait_for(admitted_all, timeout=10), await stats(qclient, event)
+            buyers = [f"b{i}" for i in range(20)]
+            holds = dict(zip(buyers, await asyncio.gather(*(hold(b, 0) for b in buyers))))
+            q = await wait_for(measured, timeout=5)
+            assert q, await stats(qclient, event)
+            reaction = q["demand"]["reaction_s"]
+            for n in range(1, 4):  # three changes of mind each
+                for b in buyers:
+                    await inventory.release(scripts=scripts, prefix=prefix, event_id=ev, hold_id=holds[b], buyer=b)
+                    holds[b] = await hold(b, n)
+                await asyncio.sleep(0.3)  # a few leader ticks
+            await asyncio.sleep(0.5)
+            q = await stats(qclient, event)
+            assert q["demand"]["pending_buyers"] == 20, q["demand"]
+            assert q["demand"]["reaction_s"] == reaction, q["demand"]
+            assert q["admitted_up_to"] == 40
+    finally:
+        await redis.aclose()
