@@ -14,6 +14,7 @@
 -- KEYS[6] meta · KEYS[7] sold · KEYS[8] held · KEYS[9] holds · KEYS[10] ga · KEYS[11] buyers
 -- KEYS[12] changes  (inventory keys of lua/lib/common.lua, read only)
 -- KEYS[13] q:acted  SET    buyers whose first hold has answered an admission (their later holds answer none)
+-- KEYS[14] q:who    HASH   buyer -> arrival number (see queue_join.lua) · KEYS[15] q:pre ZSET the pre-queue order
 -- ARGV[1] leader id · ARGV[2] lease ms · ARGV[3] stall s · ARGV[4] prior tickets per buyer
 -- ARGV[5] decision s (longest time an admitted buyer counts as pending) · ARGV[6] expiring window s
 -- ARGV[7] max active holds · ARGV[8] max checkout ms · ARGV[9] max places per call
@@ -32,9 +33,10 @@
 --             prior (queue_tickets_per_buyer, weight queue_tickets_prior_n buyers) until enough have acted
 --   pending = admitted buyers who have not acted yet. Admissions join a list (batches, oldest first); every
 --             buyer's first hold (op 1 in the changes stream, by a buyer not yet in q:acted; a changed seat
---             or a hold again after an expiry answers nothing) answers one: the oldest *fresh* one (younger than
---             2 x the median reaction time), else the youngest older one (a late buyer). The age of the
---             answered admission is a reaction time (running median). An admission not answered within
+--             or a hold again after an expiry answers nothing) answers that buyer's own admission: the
+--             buyer's place (q:who, q:pre) gives the second it was admitted (q:fate), which names its batch.
+--             The batch's age is the buyer's reaction time (running median; a buyer whose batch already left
+--             the list is a late buyer: observed, nothing to answer). An admission not answered within
 --             W = clamp(3 x median, poll interval, decision s), at most the admission TTL, leaves the list
 --             (W = decision s before the first measurement). A buyer who held and then released, or whose
 --             hold expired, answered their admission: they no longer count.
@@ -59,10 +61,8 @@
 
 local K_LEASE, K_STATE, K_SEEN, K_FATE, K_SEED = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]
 local K_META, K_SOLD, K_HELD, K_HOLDS, K_GA = KEYS[6], KEYS[7], KEYS[8], KEYS[9], KEYS[10]
-local K_BUYERS, K_CHANGES, K_ACTED = KEYS[11], KEYS[12], KEYS[13]
+local K_BUYERS, K_CHANGES, K_ACTED, K_WHO, K_PRE = KEYS[11], KEYS[12], KEYS[13], KEYS[14], KEYS[15]
 local REACT_STEP = 1.05        -- the running median moves by this factor per observed reaction
-local REACT_STEPS = 20         -- at most this many steps per batch answered together
-local FRESH_MEDIANS = 2        -- admissions younger than this many median reaction times are answered first
 local WINDOW_MEDIANS = 3       -- an admission unanswered for this many median reaction times is gone
 local MERGE_MS = 250           -- admissions closer than this share one entry of the pending list
 local MAX_CHANGES = 2000       -- changes-stream entries read per call (the rest next tick)
@@ -161,11 +161,27 @@ if acted + prior_n > 0 then tpb = (taken + prior_n * prior_m) / (acted + prior_n
 if tpb > limit then tpb = limit end
 if tpb < 1 then tpb = 1 end
 
+-- When a buyer's place was admitted (seconds since the epoch), or nil: not a buyer of this queue, or a
+-- place not admitted (yet).
+local function admitted_second(buyer)
+  local n = tonumber(redis.call('HGET', K_WHO, buyer))
+  if not n or not opened then return nil end
+  local r = n
+  if n <= pre then
+    local rank = redis.call('ZRANK', K_PRE, string.format('%010d', n))
+    if not rank then return nil end
+    r = rank + 1
+  end
+  if r > upto then return nil end
+  local v = tonumber(redis.call('BITFIELD', K_FATE, 'GET', 'u32', '#' .. r)[1]) or 0
+  if v < 2 then return nil end
+  return v - 2
+end
+
 -- Changes since the last call: a buyer's first hold is an admitted buyer who acted (a later hold of the
--- same buyer is a changed mind, not an answer: counted as one, every such hold would be matched to an
--- older admission and push the median reaction time up, and with it the pending window, without end);
--- sales and returns (release, expiry) measure the share of holds that come back.
-local actions = 0
+-- same buyer is a changed mind, not an answer); sales and returns (release, expiry) measure the share of
+-- holds that come back.
+local answers = {}  -- the admission second of each admitted buyer who held for the first time
 local entries = redis.call('XRANGE', K_CHANGES, '(' .. ccur, '+', 'COUNT', MAX_CHANGES)
 for i = 1, #entries do
   local f = entries[i][2]
@@ -175,7 +191,10 @@ for i = 1, #entries do
     elseif f[j] == 'b' then buyer = f[j + 1]; break end
   end
   if op == '1' then
-    if redis.call('SADD', K_ACTED, buyer or '') == 1 then actions = actions + 1 end
+    if buyer and redis.call('SADD', K_ACTED, buyer) == 1 then
+      local at = admitted_second(buyer)
+      if at then answers[#answers + 1] = at end
+    end
   elseif op == '3' then sells = sells + 1
   elseif op == '2' or op == '5' then returns = returns + 1 end
 end
@@ -183,33 +202,37 @@ if #entries > 0 then ccur = entries[#entries][1] end
 local ret = (returns + RETURN_PRIOR_N) / (sells + returns + RETURN_PRIOR_N)
 local back = expiring * ret
 
--- Pending admissions: answered by the new holds (fresh ones first, oldest first; then late buyers, youngest
--- first), so an old admission that is never answered does not take the answer of a newer buyer and leaves
--- the list on time.
+-- Pending admissions: each first hold answers its own buyer's batch, found by the second the buyer's place
+-- was admitted (a batch merges admissions less than MERGE_MS apart, so it may sit just across a second).
 local pend = {}
 if s[8] and s[8] ~= '' then pend = cjson.decode(s[8]) end
-local function observe(age_ms, n)  -- running median of the reaction time: steps towards the observation
+local function observe(age_ms)  -- running median of the reaction time: one step towards the observation
   local age = math.max(age_ms / 1000, 0.01)
-  if not react then react = age end
-  for _ = 1, math.min(n, REACT_STEPS) do
-    if age > react then react = math.min(age, react * REACT_STEP)
-    elseif age < react then react = math.max(age, react / REACT_STEP) end
+  if not react then react = age
+  elseif age > react then react = math.min(age, react * REACT_STEP)
+  elseif age < react then react = math.max(age, react / REACT_STEP) end
+end
+if #answers > 0 then
+  local bysec = {}
+  for i = 1, #pend do
+    local sec = math.floor(pend[i][1] / 1000)
+    bysec[sec] = bysec[sec] or {}
+    table.insert(bysec[sec], pend[i])
   end
-end
-local function answer(e)
-  local take = math.min(actions, e[2])
-  observe(rel_ms - e[1], take)
-  e[2], actions = e[2] - take, actions - take
-end
-local fresh_ms = math.min(decision, adm_ttl) * 1000
-if react then fresh_ms = math.min(fresh_ms, math.max(FRESH_MEDIANS * react, poll_s) * 1000) end
-for i = 1, #pend do
-  if actions <= 0 then break end
-  if pend[i][2] > 0 and rel_ms - pend[i][1] <= fresh_ms then answer(pend[i]) end
-end
-for i = #pend, 1, -1 do
-  if actions <= 0 then break end
-  if pend[i][2] > 0 then answer(pend[i]) end
+  for _, at in ipairs(answers) do
+    local lo, hi, found = at * 1000 - MERGE_MS, at * 1000 + 1000 + MERGE_MS, nil
+    for sec = at - 1, at + 1 do
+      for _, e in ipairs(bysec[sec] or {}) do
+        if not found and e[2] > 0 and e[1] >= lo and e[1] < hi then found = e end
+      end
+    end
+    if found then
+      found[2] = found[2] - 1
+      observe(rel_ms - found[1])
+    else  -- a late buyer: the batch left the list (or was answered by the others of its second)
+      observe(rel_ms - at * 1000 - 500)
+    end
+  end
 end
 local pwin = math.min(decision, adm_ttl)
 if react then pwin = math.min(pwin, math.max(WINDOW_MEDIANS * react, poll_s)) end

@@ -68,7 +68,7 @@ def advance_keys(prefix: str, event_id: int) -> list[str]:
     """KEYS of lua/queue_advance.lua."""
     q = [qkey(prefix, event_id, n) for n in ("lease", "state", "seen", "fate", "seed")]
     return (q + [event_key(prefix, event_id, n) for n in ("meta", "sold", "held", "holds", "ga", "buyers", "changes")]
-            + [qkey(prefix, event_id, "acted")])
+            + [qkey(prefix, event_id, n) for n in ("acted", "who", "pre")])
 
 
 WAITLIST_KEYS = ("wl:list", "wl:who", "wl:offers", "wl:state", "wl:mail")
