@@ -65,6 +65,8 @@ local K_BUYERS, K_CHANGES, K_ACTED, K_WHO, K_PRE = KEYS[11], KEYS[12], KEYS[13],
 local REACT_STEP = 1.05        -- the running median moves by this factor per observed reaction
 local WINDOW_MEDIANS = 3       -- an admission unanswered for this many median reaction times is gone
 local MERGE_MS = 250           -- admissions closer than this share one entry of the pending list
+local MATCH_MS = 1500          -- a hold answers a batch at most this far from the middle of its admission second
+                               -- (a merged batch's time is the mean of its admissions': up to 2 x MERGE_MS early)
 local MAX_CHANGES = 2000       -- changes-stream entries read per call (the rest next tick)
 local RETURN_PRIOR_N = 10      -- weight, in holds, of the prior "every expiring hold comes back"
 local UH_KEEP = 4              -- seconds of admitted-up-to history kept for positions
@@ -203,7 +205,7 @@ local ret = (returns + RETURN_PRIOR_N) / (sells + returns + RETURN_PRIOR_N)
 local back = expiring * ret
 
 -- Pending admissions: each first hold answers its own buyer's batch, found by the second the buyer's place
--- was admitted (a batch merges admissions less than MERGE_MS apart, so it may sit just across a second).
+-- was admitted (a batch merges admissions less than MERGE_MS apart, so it may sit across a second).
 local pend = {}
 if s[8] and s[8] ~= '' then pend = cjson.decode(s[8]) end
 local function observe(age_ms)  -- running median of the reaction time: one step towards the observation
@@ -220,10 +222,12 @@ if #answers > 0 then
     table.insert(bysec[sec], pend[i])
   end
   for _, at in ipairs(answers) do
-    local lo, hi, found = at * 1000 - MERGE_MS, at * 1000 + 1000 + MERGE_MS, nil
-    for sec = at - 1, at + 1 do
+    -- the batch nearest the middle of that second, within MATCH_MS of it
+    local mid, found, best = at * 1000 + 500, nil, MATCH_MS
+    for sec = at - 2, at + 2 do
       for _, e in ipairs(bysec[sec] or {}) do
-        if not found and e[2] > 0 and e[1] >= lo and e[1] < hi then found = e end
+        local d = math.abs(e[1] - mid)
+        if e[2] > 0 and d <= best then found, best = e, d end
       end
     end
     if found then
