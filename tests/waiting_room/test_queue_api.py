@@ -116,6 +116,13 @@ async def test_no_queue_and_not_open(qclient, database_url):
     assert resp.status_code == 409 and resp.json()["error"]["code"] == "not_on_sale"
     resp = await qclient.post("/v1/events/abc/queue")
     assert resp.status_code == 404
+    # an id that does not exist reads as a draft to the waiting room (docs/known-limitations.md); a hold says 404
+    buyer = auth((await new_buyer(qclient))["buyer_token"])
+    resp = await qclient.post("/v1/events/987654321/queue", headers=buyer)
+    assert resp.status_code == 409 and resp.json()["error"]["code"] == "not_on_sale", resp.text
+    assert resp.json()["error"]["details"].get("status") == "draft", resp.text
+    resp = await qclient.post("/v1/events/987654321/holds", json={"ga": {"floor": 1}}, headers=buyer)
+    assert resp.status_code == 404 and resp.json()["error"]["code"] == "event_not_found", resp.text
 
 
 async def test_admission_patch_validation_and_stats(qclient, database_url):
