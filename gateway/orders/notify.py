@@ -28,6 +28,7 @@ from gateway.core.config import NotifySettings
 from gateway.core.runtime import Runtime
 from gateway.core.sealing import Sealer, webhook_context
 from gateway.store.keys import notify_key
+from gateway.store.cluster import ready_for_transaction
 
 Kind = Literal["email", "webhook"]
 KINDS = ("email", "webhook")
@@ -189,6 +190,7 @@ async def replay_dead(runtime: Runtime, ids: list[str] | None = None, org_id: in
                 entries.append(found[0])
     moved = 0
     for entry_id, fields in entries:
+        await ready_for_transaction(runtime.redis)
         async with runtime.redis.pipeline(transaction=True) as pipe:
             pipe.xdel(dead_key(runtime), entry_id)
             pipe.xadd(stream_key(runtime), message_fields(

@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from gateway.store.keys import event_key
+from gateway.store.cluster import ready_for_transaction
 
 OP_HOLD, OP_RELEASE, OP_SELL, OP_VOID, OP_EXPIRE = 1, 2, 3, 4, 5
 OP_NAMES = {OP_RELEASE: "release", OP_SELL: "sale", OP_VOID: "void", OP_EXPIRE: "expiry"}
@@ -387,6 +388,7 @@ async def read_end_state(redis: Any, prefix: str, event_id: int) -> EndState:
     def key(name: str) -> str:
         return event_key(prefix, event_id, name)
 
+    await ready_for_transaction(redis)
     pipe = redis.pipeline(transaction=True)
     pipe.get(key("sold"))
     pipe.get(key("held"))

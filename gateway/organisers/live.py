@@ -36,6 +36,7 @@ from gateway.sale.layout import EventLayout
 from gateway.scanning.stats import scan_stats
 from gateway.store.keys import breaker_key, event_key, live_keys, on_sale_set, pacing_key
 from gateway.waiting_room.admin import queue_stats
+from gateway.store.cluster import ready_for_transaction
 
 log = logging.getLogger("flashgate.live")
 
@@ -195,6 +196,7 @@ class LiveFigures:
         """One MULTI on the event's keys (one slot): bitmaps counted per section, GA counts, totals."""
         event_id, key = layout.event_id, (lambda name: event_key(self.prefix, event_id, name))
         ranges = self.ranges[event_id]
+        await ready_for_transaction(self.redis)
         pipe = self.redis.pipeline(transaction=True)
         # the fold first, in the same round trip: the totals below include every record up to now
         # (execute_command: redis-py's cluster pipeline refuses its evalsha method, not the command)

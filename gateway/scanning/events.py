@@ -21,6 +21,7 @@ from gateway.orders.tickets import KEY_ID
 from gateway.sale.layout import EventLayout
 from gateway.scanning.registry import PAGE, TicketRegistry
 from gateway.store.keys import event_key, scan_key
+from gateway.store.cluster import ready_for_transaction
 
 OTHER_KEYS_TTL_S = 60.0
 
@@ -92,6 +93,7 @@ class EventCache:
         in between are skipped without being read."""
         ev = ev or self.events[event_id]
         stream = event_key(self.prefix, event_id, "ledger")
+        await ready_for_transaction(self.redis)
         pipe = self.redis.pipeline(transaction=True)
         pipe.hget(event_key(self.prefix, event_id, "meta"), "version")
         pipe.xrevrange(stream, count=1)

@@ -22,6 +22,7 @@ from gateway.scanning.devices import iso_ms
 from gateway.scanning.events import EventScan
 from gateway.sale.layout import EventLayout
 from gateway.store.keys import scan_key
+from gateway.store.cluster import ready_for_transaction
 
 CHUNK = 1000
 YIELD_EVERY = 100
@@ -86,6 +87,7 @@ def rule_keys(layout: EventLayout, body: Any) -> set[str]:
 
 
 async def set_rules(redis: Redis, prefix: str, event_id: int, keys: set[str]) -> None:
+    await ready_for_transaction(redis)
     pipe = redis.pipeline(transaction=True)
     pipe.delete(scan_key(prefix, event_id, "rules"))
     if keys:

@@ -180,6 +180,15 @@ class BoundedPipeline(ClusterPipeline):
             return await super().execute(raise_on_error, allow_redirections)
 
 
+async def ready_for_transaction(redis: Any) -> None:
+    """Call before `pipeline(transaction=True)` on any client. redis-py's cluster pipeline in transaction mode
+    resolves each queued command's slot on a thread of its own (`asyncio.run`) and re-reads a stale slot map
+    there (after a failover); the client's lock belongs to the main loop, so while the main loop re-reads it
+    too that fails (`RuntimeError: ... bound to a different event loop`, a 500). Re-read it here first."""
+    if isinstance(redis, RedisCluster) and getattr(redis, "_initialize", False):
+        await redis.initialize()
+
+
 def cluster_client(url: str, *, timeout_s: float = 2.0, max_connections: int = 64, **kwargs: Any) -> BoundedCluster:
     parsed = parse_cluster_url(url)
     tls: dict[str, Any] = {}

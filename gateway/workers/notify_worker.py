@@ -40,6 +40,7 @@ from gateway.providers.egress import DestinationRefused, EgressPolicy, pinned_ur
 from gateway.core.sealing import SealError
 from gateway.orders.notify import (SIGNATURE_HEADER, NotifySettings, dead_key, message_fields, open_secret, retry_key,
                                    sign_webhook, stream_key)
+from gateway.store.cluster import ready_for_transaction
 
 log = logging.getLogger(__name__)
 GROUP = "notify"
@@ -234,6 +235,7 @@ class NotifyWorker:
 
     async def promote_due(self) -> int:
         """Move retries whose time has come back into the stream (atomic under WATCH)."""
+        await ready_for_transaction(self.redis)
         async with self.redis.pipeline(transaction=True) as pipe:
             try:
                 await pipe.watch(self.retry)
@@ -294,6 +296,7 @@ class NotifyWorker:
         except (SendFailed, Rejected, BulkheadFull) as exc:
             error = str(exc)
         else:
+            await ready_for_transaction(self.redis)
             async with self.redis.pipeline(transaction=True) as pipe:
                 pipe.xack(self.stream, GROUP, entry_id)
                 pipe.xdel(self.stream, entry_id)
@@ -305,6 +308,7 @@ class NotifyWorker:
         due = time.time() + max(self.backoff(attempt), delay)
         member = orjson.dumps({"kind": kind, "payload": fields[b"payload"].decode(), "attempt": attempt,
                                "nid": nid, "org": fields.get(b"org", b"").decode(), "last_error": error})
+        await ready_for_transaction(self.redis)
         async with self.redis.pipeline(transaction=True) as pipe:
             pipe.zadd(self.retry, {member: due})
             pipe.xack(self.stream, GROUP, entry_id)
@@ -317,6 +321,7 @@ class NotifyWorker:
     async def _dead(self, entry_id: bytes, fields: dict[bytes, bytes], attempt: int, error: str) -> str:
         dead = {k.decode(): v for k, v in fields.items()}
         dead.update({"attempt": attempt, "last_error": error[:500], "failed_at": repr(time.time())})
+        await ready_for_transaction(self.redis)
         async with self.redis.pipeline(transaction=True) as pipe:
             pipe.xadd(self.dead, dead)
             pipe.xack(self.stream, GROUP, entry_id)
