@@ -135,7 +135,9 @@ async def test_sold_out_for_now_keeps_places_and_admission_resumes_when_a_hold_e
                                                                   "expiring": q["inventory"]["expiring"]}
             # a new buyer may still join: the sale is not over
             late = await new_buyer(client)
-            assert (await join(client, eid, late, expect=201))["status"] == "waiting"
+            joined_late = await join(client, eid, late, expect=201)
+            assert joined_late["status"] == "waiting"
+            late_token = joined_late["queue_token"]
 
             # the hold expires (the expiry worker's sweep): the tickets are free again, admission resumes
             async def swept():
@@ -156,7 +158,7 @@ async def test_sold_out_for_now_keeps_places_and_admission_resumes_when_a_hold_e
                                      headers=as_buyer(buyers[-1], body["admission_token"]))
             assert resp.status_code == 201, resp.text
             await buy(client, resp.json()["hold_id"], as_buyer(buyers[-1], body["admission_token"]), "last-0001")
-            late_token = (await join(client, eid, late))["queue_token"]
+            # (the late buyer polls with the token of their join: joining again may already answer sold_out)
 
             async def told():
                 body = await poll(client, eid, late_token)
